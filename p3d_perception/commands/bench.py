@@ -1,0 +1,69 @@
+# Copyright 2026 The p3d_perception Authors
+# SPDX-License-Identifier: Apache-2.0
+"""``p3d bench NAME``: speed/quality figures, printed and saved as JSON.
+
+Benchmarks are commands, never timed test assertions: the machines are shared
+and noisy, so a figure is only meaningful with the command that produced it.
+Each module in ``p3d_perception.benchmarks`` exposes ``add_arguments(parser)``
+and ``run(args) -> dict``; the dict is written to
+``benchmarks/results/<name>.json`` (or ``--json-out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import platform
+from pathlib import Path
+
+#: benchmark name -> module under p3d_perception.benchmarks
+BENCHMARKS = {
+    'cloud': 'cloud',               # PointCloud2 -> numpy conversion
+    'segmentation': 'segmentation',  # segmentation speed + IoU vs plain Open3D
+    'synth': 'synth',               # synthetic world generation rates
+    'encoder': 'encoder',           # encoder throughput, ONNX parity/speed
+    'node': 'node',                 # node latency, query latency, RSS, soak
+    'finetune': 'finetune',         # the "new robot" adaptation proof
+}
+
+
+def _machine() -> dict:
+    import os
+    return {
+        'python': platform.python_version(),
+        'machine': platform.machine(),
+        'cpus': os.cpu_count(),
+        'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+    }
+
+
+def _run(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f'p3d_perception.benchmarks.{BENCHMARKS[args.name]}')
+    result = module.run(args)
+    result = {'benchmark': args.name, 'machine': _machine(), **result}
+    out = Path(args.json_out or Path('benchmarks/results') / f'{args.name}.json')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, sort_keys=False) + '\n', encoding='utf-8')
+    print(json.dumps(result, indent=2))
+    print(f'saved {out}')
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser('bench', help='run a benchmark and save its figures as JSON')
+    names = bench.add_subparsers(dest='name', metavar='NAME')
+    names.required = True
+    for name, module_name in BENCHMARKS.items():
+        try:
+            module = importlib.import_module(f'p3d_perception.benchmarks.{module_name}')
+        except ModuleNotFoundError as exc:
+            if exc.name == f'p3d_perception.benchmarks.{module_name}':
+                continue
+            raise
+        parser = names.add_parser(name, help=(module.__doc__ or '').strip().splitlines()[0])
+        parser.add_argument('--json-out', default=None,
+                            help='where to save the figures (default benchmarks/results/NAME.json)')
+        module.add_arguments(parser)
+        parser.set_defaults(func=_run)

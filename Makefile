@@ -1,0 +1,30 @@
+# p3d_perception: the two commands a user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+ENV := source install/setup.bash
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo test lint bench clean
+
+help:
+	@echo "make setup   install everything into this checkout (.venv, install/)"
+	@echo "make demo    setup, then run the demo on the bundled model and a synthetic bag"
+	@echo "make test    setup, then run the test suite (pytest + ament lint checks)"
+	@echo "make lint    flake8 / pep257 / copyright checks only"
+	@echo "make clean   remove build products (keeps .venv)"
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@$(ENV) && p3d demo
+
+test: setup
+	@$(ENV) && python -m pytest test $(PYTEST_ARGS)
+
+lint: setup
+	@$(ENV) && python -m pytest test/test_lint.py -q
+
+clean:
+	rm -rf build install .pytest_cache
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

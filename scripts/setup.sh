@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Copyright 2026 The p3d_perception Authors
+# SPDX-License-Identifier: Apache-2.0
+#
+# `make setup`: everything p3d_perception needs on a fresh Debian 12 machine with
+# Python 3.11 and root, installed into this checkout (nothing global but apt
+# packages and two compatibility links under /opt/python, see below):
+#   1. apt packages open3d and the interface build need (when missing)
+#   2. .venv with every Python dependency pinned in requirements.txt
+#   3. p3d_perception_interfaces built with cmake into ./install
+#   4. p3d_perception installed (editable) into .venv: `p3d`, `perception_node`
+#   5. install/setup.bash: the one file to source for a shell that runs the node
+# Idempotent: a stamp of the inputs makes a second run with nothing to do fast.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+PREFIX="$ROOT/install"
+BUILD="$ROOT/build/p3d_perception_interfaces"
+STAMP="$VENV/.p3d_setup_stamp"
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# The registry's torch build must be used (torchvision's compiled ops are built
+# against it); this machine's pip config points at a folder with a CPU-only torch
+# that pip would otherwise prefer, so ignore pip config files and find-links.
+export PIP_CONFIG_FILE=/dev/null
+unset PIP_FIND_LINKS PIP_NO_INDEX || true
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+inputs_hash() {
+  cat requirements.txt setup.py setup.cfg package.xml scripts/setup.sh \
+      p3d_perception_interfaces/CMakeLists.txt p3d_perception_interfaces/package.xml \
+      p3d_perception_interfaces/msg/* p3d_perception_interfaces/srv/* | sha256sum | cut -d' ' -f1
+}
+
+# --- 1. system packages --------------------------------------------------------
+APT_PACKAGES=(libusb-1.0-0 libgl1 libgomp1 cmake g++ make)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "apt: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# --- fast path -----------------------------------------------------------------
+HASH="$(inputs_hash)"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && [ -f "$PREFIX/setup.bash" ] \
+   && [ -e /opt/python/cp311-cp311/include/python3.11 ]; then
+  log "up to date (delete $STAMP to force)"
+  exit 0
+fi
+
+# --- 2. virtual environment ----------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV with $($PY --version)"
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" - <<'PYCHECK'
+import sys
+if sys.version_info[:2] != (3, 11):
+    sys.exit(f'p3d_perception needs Python 3.11 (the ROS 2 wheels are cp311); got {sys.version}')
+PYCHECK
+log "pip: installing requirements.txt (first run downloads a few GB: torch with CUDA libraries)"
+"$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
+"$VENV/bin/python" -m pip install -q -r requirements.txt
+
+# --- 3. interfaces package -------------------------------------------------------
+# The ROS wheels' exported CMake targets name the include dirs of the Python they
+# were built with (/opt/python/cp311-cp311/...); point those at ours.
+PY_INC="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+NP_INC="$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')"
+for pair in "/opt/python/cp311-cp311/include/python3.11=$PY_INC" \
+            "/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include=$NP_INC"; do
+  link="${pair%%=*}"; target="${pair#*=}"
+  if [ "$(readlink "$link" 2>/dev/null)" != "$target" ]; then
+    mkdir -p "$(dirname "$link")" 2>/dev/null || sudo mkdir -p "$(dirname "$link")"
+    ln -sfn "$target" "$link" 2>/dev/null || sudo ln -sfn "$target" "$link"
+  fi
+done
+log "building p3d_perception_interfaces into $PREFIX"
+rm -rf "$BUILD"
+mkdir -p "$BUILD"
+(
+  export CMAKE_PREFIX_PATH="$VENV" AMENT_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH"
+  cmake -S p3d_perception_interfaces -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$PREFIX" \
+        -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF >"$BUILD/cmake.log" 2>&1 \
+    || { tail -40 "$BUILD/cmake.log"; exit 1; }
+  cmake --build "$BUILD" -j "$(nproc)" >"$BUILD/build.log" 2>&1 || { tail -40 "$BUILD/build.log"; exit 1; }
+  cmake --install "$BUILD" >"$BUILD/install.log" 2>&1 || { tail -40 "$BUILD/install.log"; exit 1; }
+)
+
+# --- 4. this package -------------------------------------------------------------
+log "installing p3d_perception (editable) into .venv"
+"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e . >"$ROOT/build/pip-editable.log" 2>&1 \
+  || { tail -40 "$ROOT/build/pip-editable.log"; exit 1; }
+
+# --- 5. the file to source -------------------------------------------------------
+cat >"$PREFIX/setup.bash" <<ENV
+# Source this file for a shell that runs p3d_perception (what a ROS setup.bash does).
+# Generated by scripts/setup.sh; p3d and perception_node are then on PATH.
+source "$VENV/bin/activate"
+export AMENT_PREFIX_PATH="$PREFIX:$VENV\${AMENT_PREFIX_PATH:+:\$AMENT_PREFIX_PATH}"
+export LD_LIBRARY_PATH="$PREFIX/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+export PYTHONPATH="$PREFIX/lib/python3.11/site-packages\${PYTHONPATH:+:\$PYTHONPATH}"
+export RMW_IMPLEMENTATION="\${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+ENV
+echo "$HASH" >"$STAMP"
+log "done. Use it with:  source install/setup.bash"

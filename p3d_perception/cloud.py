@@ -224,7 +224,7 @@ def _xyz_fast(arr: np.ndarray) -> np.ndarray | None:
         return None
     block = np.dtype({'names': ['xyz'], 'formats': ['V12'], 'offsets': [fx[1]],
                       'itemsize': arr.dtype.itemsize})
-    raw = np.ascontiguousarray(arr.view(block)['xyz'])
+    raw = np.array(arr.view(block)['xyz'], copy=True, order='C')  # never alias the msg
     pts = raw.view(base).reshape(-1, 3)
     if not base.isnative:
         pts = pts.astype(np.float32)

@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                 continue
             raise
         parser = names.add_parser(name, help=(module.__doc__ or '').strip().splitlines()[0])
-        parser.add_argument('--json-out', default=None,
-                            help='where to save the figures (default benchmarks/results/NAME.json)')
+        parser.add_argument('--json-out', default=None, help='where to save the figures '
+                            '(default benchmarks/results/NAME.json)')
         module.add_arguments(parser)
         parser.set_defaults(func=_run)

@@ -22,7 +22,7 @@ class GroupingConfig:
 
     num_points: int = 512      # points resampled per cluster
     num_groups: int = 32       # farthest-point centres
-    group_size: int = 32       # neighbours per centre (kNN)
+    group_size: int = 16       # neighbours per centre (kNN)
 
     def validate(self) -> None:
         if self.num_points < 8:
@@ -44,7 +44,7 @@ class EncoderConfig:
     depth: int = 3
     heads: int = 4
     mlp_ratio: float = 2.0
-    patch_hidden: int = 128    # mini-PointNet hidden width
+    patch_hidden: int = 64     # mini-PointNet hidden width
     dropout: float = 0.0
     adapter_dim: int = 32      # frozen_lens: bottleneck adapter width
     lens_layers: int = 6       # frozen_lens: how many frozen text-transformer layers to use

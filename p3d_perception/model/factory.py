@@ -1,0 +1,70 @@
+# Copyright 2026 The p3d_perception Authors
+# SPDX-License-Identifier: Apache-2.0
+"""Model definition glue: config + text space -> P3DModel (open_clip's factory split).
+
+The model owns only what is trained (encoder, prompt context, temperature); the
+frozen text space is attached by reference, never saved in our checkpoints, and is
+rebuilt from the name in the model card.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from p3d_perception.model.config import ModelConfig
+from p3d_perception.model.encoder import PointViT
+from p3d_perception.model.grouping import PreparedBatch
+from p3d_perception.model.prompt import PromptLearner
+from p3d_perception.model.text_space import TextSpace, load_text_space
+
+
+def build_encoder(cfg: ModelConfig, space: TextSpace) -> nn.Module:
+    if cfg.encoder.kind == 'pointvit':
+        return PointViT(cfg.encoder, space.dim)
+    from p3d_perception.model.lens import FrozenLensEncoder
+    return FrozenLensEncoder(cfg.encoder, space)
+
+
+class P3DModel(nn.Module):
+    """3D encoder + prompt head + learned temperature, aligned to ``space``."""
+
+    def __init__(self, cfg: ModelConfig, space: TextSpace):
+        super().__init__()
+        self.cfg = cfg
+        self._space = [space]          # a list keeps it out of state_dict / parameters()
+        self.encoder = build_encoder(cfg, space)
+        self.prompt = PromptLearner(cfg.prompt, space)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+
+    @property
+    def space(self) -> TextSpace:
+        return self._space[0]
+
+    def encode_points(self, batch: PreparedBatch) -> torch.Tensor:
+        return self.encoder(batch.patches, batch.centers, batch.scale)
+
+    def prompt_prototypes(self, names: Sequence[str]) -> torch.Tensor:
+        return self.prompt(self.space, names)
+
+    def zero_shot_prototypes(self, names: Sequence[str]) -> torch.Tensor:
+        return self.space.prototypes(names).to(self.logit_scale.device)
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=math.log(100.0)).exp()
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """Trainable state only (frozen backbone copies are rebuilt from the text space)."""
+        skip = getattr(self.encoder, 'frozen_prefixes', ())
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items()
+                if not any(k.startswith('encoder.' + p) for p in skip)}
+
+
+def create_model(cfg: ModelConfig, space: TextSpace | None = None) -> P3DModel:
+    space = space if space is not None else load_text_space(cfg.text_space)
+    if space.name != cfg.text_space:
+        raise ValueError(f'config text space {cfg.text_space} != given {space.name}')
+    return P3DModel(cfg, space)

@@ -1,0 +1,431 @@
+# Copyright 2026 The p3d_perception Authors
+# SPDX-License-Identifier: Apache-2.0
+"""Single-object partial views: what the encoder sees on a robot, made in bulk.
+
+A recognition model trained on complete, clean shapes meets partial, noisy
+clusters at run time. Each view here is the cluster a segmentation stage
+would hand over: one object on a table, seen from a random viewpoint
+(0.5-2 m, looking down 20-70 deg) through the virtual camera's sensor model,
+table points removed by a height threshold (so the object's foot is cut and a
+few noisy table points stay), sometimes partly occluded.
+
+Speed comes from batching: a batch of instances sits in one Open3D
+raycasting scene (far apart, so no ray meets another instance first), only the
+rays in each object's projected bounding box are cast, all in one call, and
+the table is intersected analytically instead of being raycast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from p3d_perception.training.synthetic.camera import (
+    CameraModel, apply_depth_model, get_camera, orbit_pose, pixel_directions)
+from p3d_perception.training.synthetic.catalogue import CATEGORIES, make_object
+
+log = logging.getLogger(__name__)
+
+_SPACING = 100.0  # m between instances in one raycasting scene
+_FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class ObjectViews:
+    """Many single-object point clouds, concatenated, each with its own size."""
+
+    points: np.ndarray          # (sum N_i, 3) float32
+    colors: np.ndarray          # (sum N_i, 3) uint8
+    offsets: np.ndarray         # (V + 1,) int64; view i is points[offsets[i]:offsets[i+1]]
+    labels: np.ndarray          # (V,) int64 index into categories
+    categories: tuple[str, ...]
+    instance_seed: np.ndarray   # (V,) int64; make_object(cat, default_rng(seed)) rebuilds it
+    distance: np.ndarray | None = None   # (V,) float32 camera distance (m)
+    elevation: np.ndarray | None = None  # (V,) float32 camera elevation (deg)
+    frame: str = 'gravity'      # 'gravity' (z up, x toward the view) or 'camera' (optical)
+
+    def __post_init__(self):
+        self.offsets = np.asarray(self.offsets, np.int64)
+        n = len(self.offsets) - 1
+        if n < 0 or self.offsets[0] != 0 or self.offsets[-1] != len(self.points) \
+                or np.any(np.diff(self.offsets) < 0):
+            raise ValueError('ObjectViews: offsets must start at 0, not decrease and end at '
+                             f'len(points)={len(self.points)}')
+        if len(self.labels) != n or len(self.instance_seed) != n:
+            raise ValueError(f'ObjectViews: {n} views but {len(self.labels)} labels and '
+                             f'{len(self.instance_seed)} instance seeds')
+        if len(self.colors) != len(self.points):
+            raise ValueError('ObjectViews: colors and points differ in length')
+        self.categories = tuple(self.categories)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def view(self, i: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(points (N,3) float32, colors (N,3) uint8, label) of view ``i``."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f'view {i} out of range for {len(self)} views')
+        i %= len(self)
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.points[a:b], self.colors[a:b], int(self.labels[i])
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def subset(self, indices: Iterable[int]) -> 'ObjectViews':
+        """A new ObjectViews with the chosen views, same category list."""
+        idx = np.asarray(list(indices), np.int64)
+        parts = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx]
+        sel = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        offs = np.concatenate([[0], np.cumsum(self.counts[idx])]).astype(np.int64)
+        pick = (lambda a: None if a is None else a[idx])
+        return ObjectViews(self.points[sel], self.colors[sel], offs, self.labels[idx],
+                           self.categories, self.instance_seed[idx], pick(self.distance),
+                           pick(self.elevation), self.frame)
+
+    @staticmethod
+    def concatenate(items: Sequence['ObjectViews']) -> 'ObjectViews':
+        """Join several sets that share one category list."""
+        if not items:
+            raise ValueError('nothing to concatenate')
+        cats = items[0].categories
+        if any(it.categories != cats or it.frame != items[0].frame for it in items):
+            raise ValueError('ObjectViews.concatenate: category lists or frames differ')
+        offs = [np.zeros(1, np.int64)]
+        base = 0
+        for it in items:
+            offs.append(it.offsets[1:] + base)
+            base += len(it.points)
+        opt = (lambda name: None if any(getattr(it, name) is None for it in items)
+               else np.concatenate([getattr(it, name) for it in items]))
+        return ObjectViews(np.concatenate([it.points for it in items]),
+                           np.concatenate([it.colors for it in items]), np.concatenate(offs),
+                           np.concatenate([it.labels for it in items]), cats,
+                           np.concatenate([it.instance_seed for it in items]),
+                           opt('distance'), opt('elevation'), items[0].frame)
+
+
+def instance_seed_for(seed: int, category: str, index: int) -> int:
+    """Stable per-instance seed: independent of batch size and category order."""
+    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(category.encode()),
+                                 int(index)])
+    return int(ss.generate_state(1, np.uint64)[0] & np.uint64(0x7FFFFFFFFFFFFFFF))
+
+
+@dataclasses.dataclass
+class ViewConfig:
+    """How single-object views are taken (defaults follow the robot's situation)."""
+
+    distance: tuple[float, float] = (0.5, 2.0)        # m, camera to object
+    elevation: tuple[float, float] = (20.0, 70.0)     # deg, looking down
+    views_per_instance: int = 4                       # views sharing one mesh instance
+    table_threshold: tuple[float, float] = (0.004, 0.01)  # m, plane-removal distance
+    stray_margin: float = 0.02                        # m around the footprint for strays
+    occlusion_prob: float = 0.2                       # P(a view is cut by an occluder)
+    occlusion_max: float = 0.4                        # most of a view an occluder hides
+    min_points: int = 48                              # fewer: view is re-taken closer
+    batch_instances: int = 48                         # instances per raycasting scene
+
+    def validate(self):
+        if not (0.05 <= self.distance[0] <= self.distance[1]):
+            raise ValueError(f'distance range {self.distance} is invalid')
+        if not (0.0 < self.elevation[0] <= self.elevation[1] < 90.0):
+            raise ValueError(f'elevation range {self.elevation} must lie in (0, 90) deg')
+        if self.views_per_instance < 1 or self.batch_instances < 1:
+            raise ValueError('views_per_instance and batch_instances must be >= 1')
+
+
+def _shade(albedo: np.ndarray, cos_view: np.ndarray, n_up: np.ndarray, cam: CameraModel,
+           rng: np.random.Generator, gain: np.ndarray) -> np.ndarray:
+    """Lambert shading (headlight + overhead light) with sensor colour noise."""
+    light = 0.35 + 0.4 * cos_view + 0.3 * np.clip(n_up, 0.0, 1.0)
+    c = albedo * light[..., None] * gain
+    c += rng.normal(0.0, cam.colour_noise, c.shape)
+    return np.clip(c, 0, 255).astype(np.uint8)
+
+
+def _table_albedo(xy: np.ndarray, base: np.ndarray, phase: float) -> np.ndarray:
+    """Faint wood-grain-like stripes so the table is not a flat colour."""
+    g = 0.92 + 0.08 * np.sin(xy[..., 0] * 60.0 + 3.0 * np.sin(xy[..., 1] * 7.0 + phase))
+    return base * g[..., None]
+
+
+def _take_views(batch, cam: CameraModel, cfg: ViewConfig, colour: bool, frame: str,
+                n_points: int | None):
+    """Render every (mesh, view rng) of a batch; returns per-view results or None."""
+    import open3d as o3d
+    scene = o3d.t.geometry.RaycastingScene()
+    gids = []
+    for k, (mesh, _) in enumerate(batch):
+        v = (mesh.vertices + [k * _SPACING, 0.0, 0.0]).astype(np.float32)
+        tm = o3d.t.geometry.TriangleMesh()
+        tm.vertex.positions = o3d.core.Tensor(v)
+        tm.triangle.indices = o3d.core.Tensor(mesh.triangles)
+        gids.append(scene.add_triangles(tm))
+    jobs = []
+    ray_chunks = []
+    start = 0
+    for k, (mesh, rngs) in enumerate(batch):
+        lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
+                            for z in (lo[2], hi[2])])
+        off = np.array([k * _SPACING, 0.0, 0.0])
+        for rng in rngs:
+            for attempt in range(4):
+                d_hi = cfg.distance[1] if attempt == 0 else cfg.distance[0] + (
+                    cfg.distance[1] - cfg.distance[0]) / (2 ** attempt)
+                dist = float(rng.uniform(cfg.distance[0], max(cfg.distance[0], d_hi)))
+                el = float(rng.uniform(*cfg.elevation))
+                az = float(rng.uniform(0.0, 360.0))
+                target = np.array([rng.normal(0, 0.01), rng.normal(0, 0.01),
+                                   hi[2] * rng.uniform(0.25, 0.6)])
+                T = orbit_pose(target, dist, el, az, roll_deg=float(rng.normal(0.0, 3.0)))
+                # image shift: the object is not always at the image centre
+                R, eye = T[:3, :3], T[:3, 3]
+                pc = (corners - eye) @ R
+                if np.any(pc[:, 2] <= 0.05):
+                    continue
+                u = cam.fx * pc[:, 0] / pc[:, 2] + cam.cx
+                vv = cam.fy * pc[:, 1] / pc[:, 2] + cam.cy
+                shift = rng.uniform(-0.3, 0.3, 2) * [cam.width, cam.height]
+                su = np.clip(shift[0], -u.min(), cam.width - 1 - u.max()) \
+                    if u.max() - u.min() < cam.width else 0.0
+                sv = np.clip(shift[1], -vv.min(), cam.height - 1 - vv.max()) \
+                    if vv.max() - vv.min() < cam.height else 0.0
+                u0 = int(max(0, math.floor(u.min() + su) - 3))
+                u1 = int(min(cam.width, math.ceil(u.max() + su) + 4))
+                v0 = int(max(0, math.floor(vv.min() + sv) - 3))
+                v1 = int(min(cam.height, math.ceil(vv.max() + sv) + 4))
+                if u1 - u0 < 4 or v1 - v0 < 4:
+                    continue
+                # principal point shifted = the camera looked slightly beside the object
+                cam_v = cam.replace(cx=cam.cx + su, cy=cam.cy + sv)
+                dirs = pixel_directions(cam_v, u0, v0, u1 - u0, v1 - v0)
+                dw = dirs.reshape(-1, 3) @ R.T.astype(np.float32)
+                o = np.broadcast_to((eye + off).astype(np.float32), dw.shape)
+                ray_chunks.append(np.concatenate([o, dw], axis=1))
+                n = len(dw)
+                jobs.append(dict(k=k, rng=rng, T=T, dist=dist, el=el, cam=cam_v, box=(u0, v0),
+                                 shape=(v1 - v0, u1 - u0), dirs=dirs, dw=dw, sl=(start, start + n),
+                                 attempt=attempt, lo=lo, hi=hi))
+                start += n
+                break
+            else:
+                jobs.append(None)
+    if not ray_chunks:
+        return [None] * len(jobs)
+    rays = o3d.core.Tensor(np.concatenate(ray_chunks).astype(np.float32))
+    hit = scene.cast_rays(rays)
+    t_all = hit['t_hit'].numpy()
+    g_all = hit['geometry_ids'].numpy()
+    p_all = hit['primitive_ids'].numpy()
+    n_all = hit['primitive_normals'].numpy()
+    out = []
+    for job in jobs:
+        if job is None:
+            out.append(None)
+            continue
+        out.append(_finish_view(job, batch[job['k']][0], gids[job['k']], t_all, g_all, p_all,
+                                n_all, cam, cfg, colour, frame, n_points))
+    return out
+
+
+def _finish_view(job, mesh, gid, t_all, g_all, p_all, n_all, cam, cfg, colour, frame,
+                 n_points):
+    a, b = job['sl']
+    h, w = job['shape']
+    rng = job['rng']
+    T = job['T']
+    R, eye = T[:3, :3], T[:3, 3]
+    t = t_all[a:b]
+    obj = (g_all[a:b] == gid) & np.isfinite(t)
+    dw = job['dw']
+    # rays that miss the object meet the (infinite) table plane z = 0
+    dz = dw[:, 2]
+    with np.errstate(divide='ignore', invalid='ignore'):
+        t_tab = np.where(dz < -1e-6, -eye[2] / dz, np.inf)
+    z = np.where(obj, t, t_tab).astype(np.float32)
+    nrm = np.where(obj[:, None], n_all[a:b], np.array([0, 0, 1], np.float32))
+    dn = np.linalg.norm(dw, axis=1)
+    cos = np.abs(np.einsum('ij,ij->i', nrm, dw)) / dn
+    depth = apply_depth_model(cam, z.reshape(h, w), cos.reshape(h, w), rng).reshape(-1)
+    valid = depth > 0
+    pc = job['dirs'].reshape(-1, 3) * depth[:, None]
+    pw = pc @ R.T + eye                      # table frame of this instance
+    thr = float(rng.uniform(*cfg.table_threshold))
+    thr = min(thr + float(cam.depth_sigma(job['dist'])), 0.4 * float(job['hi'][2]))
+    lo, hi = job['lo'], job['hi']
+    m = cfg.stray_margin
+    near = (pw[:, 0] > lo[0] - m) & (pw[:, 0] < hi[0] + m) & (pw[:, 1] > lo[1] - m) \
+        & (pw[:, 1] < hi[1] + m)
+    keep = valid & (pw[:, 2] > thr) & (obj | near)
+    if cfg.occlusion_prob > 0 and rng.random() < cfg.occlusion_prob and keep.sum() > 0:
+        # an occluder in front: a random straight edge hides up to occlusion_max of the view
+        ang = rng.uniform(0, 2 * np.pi)
+        uv = np.stack(np.meshgrid(np.arange(w), np.arange(h)), -1).reshape(-1, 2)
+        s = uv @ np.array([math.cos(ang), math.sin(ang)])
+        frac = rng.uniform(0.05, cfg.occlusion_max)
+        cut = np.quantile(s[keep], frac)
+        keep &= s > cut
+    idx = np.flatnonzero(keep)
+    if len(idx) < cfg.min_points:
+        return dict(n=len(idx), attempt=job['attempt'])
+    if n_points is not None and len(idx) > n_points:
+        idx = np.sort(rng.choice(idx, n_points, replace=False))
+    if colour:
+        gain = rng.normal(1.0, 0.05, 3)
+        tri = np.where(obj[idx], p_all[a:b][idx], 0).astype(np.int64)
+        alb = np.where(obj[idx, None], mesh.triangle_colors[tri].astype(np.float32),
+                       _table_albedo(pw[idx, :2], np.array([150.0, 120.0, 90.0]), 0.0))
+        cos_view = cos[idx]
+        n_up = nrm[idx, 2]
+        cols = _shade(alb, cos_view, n_up, cam, rng, gain)
+    else:
+        cols = np.zeros((len(idx), 3), np.uint8)
+    if frame == 'camera':
+        pts = pc[idx]
+    else:
+        # gravity frame: z up, x = viewing direction on the table, origin under the object
+        f = R[:, 2]
+        yaw = math.atan2(f[1], f[0])
+        Rz = np.array([[math.cos(yaw), math.sin(yaw), 0], [-math.sin(yaw), math.cos(yaw), 0],
+                       [0, 0, 1.0]])
+        pts = pw[idx] @ Rz.T
+    return dict(points=pts.astype(np.float32), colors=cols, dist=job['dist'], el=job['el'])
+
+
+def generate_object_views(categories: Sequence[str] | None = None, views_per_category: int = 8,
+                          seed: int = 0, *, camera: CameraModel | str = 'd435',
+                          n_points: int | None = None, colour: bool = True,
+                          frame: str = 'gravity', config: ViewConfig | None = None,
+                          progress: bool = False) -> ObjectViews:
+    """Partial, noisy single-object views, ``views_per_category`` of each category.
+
+    Deterministic for ``seed`` (and independent of the order of ``categories``
+    for each category's instances). ``n_points`` caps a view's point count by
+    random subsampling; views keep their own counts otherwise.
+    """
+    cats = tuple(CATEGORIES if categories is None else categories)
+    unknown = [c for c in cats if c not in CATEGORIES]
+    if unknown:
+        raise ValueError(f'unknown categories {unknown}; known: {", ".join(CATEGORIES)}')
+    if len(set(cats)) != len(cats):
+        raise ValueError('categories must not repeat')
+    if views_per_category < 1:
+        raise ValueError('views_per_category must be >= 1')
+    if frame not in ('gravity', 'camera'):
+        raise ValueError(f"frame must be 'gravity' or 'camera', got {frame!r}")
+    cfg = config or ViewConfig()
+    cfg.validate()
+    cam = get_camera(camera)
+    vpi = cfg.views_per_instance
+    # work list: (label, category, instance index, views wanted from it)
+    work = []
+    for ci, c in enumerate(cats):
+        n_inst = math.ceil(views_per_category / vpi)
+        for k in range(n_inst):
+            work.append((ci, c, k, min(vpi, views_per_category - k * vpi)))
+    pts, cols, counts, labels, seeds, dists, els = [], [], [], [], [], [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(cats) * views_per_category, unit='view', desc='views')
+    failed = 0
+    for b0 in range(0, len(work), cfg.batch_instances):
+        chunk = work[b0:b0 + cfg.batch_instances]
+        batch, meta = [], []
+        for ci, c, k, nv in chunk:
+            s = instance_seed_for(seed, c, k)
+            mesh = make_object(c, np.random.default_rng(s))
+            rngs = [np.random.default_rng([s, v]) for v in range(nv)]
+            meta += [(ci, s, len(batch))] * nv
+            batch.append((mesh, rngs))
+        results = _take_views(batch, cam, cfg, colour, frame, n_points)
+        # views that came out too small are re-taken closer, one retry round per view
+        for i, r in enumerate(results):
+            tries = 0
+            while (r is None or 'points' not in r) and tries < 3:
+                tries += 1
+                k = meta[i][2]
+                rng = np.random.default_rng([meta[i][1], 1000 + 10 * i + tries])
+                near_cfg = dataclasses.replace(
+                    cfg, distance=(cfg.distance[0], cfg.distance[0] + (
+                        cfg.distance[1] - cfg.distance[0]) / (2 ** tries)),
+                    occlusion_prob=0.0)
+                r = _take_views([(batch[k][0], [rng])], cam, near_cfg, colour, frame,
+                                n_points)[0]
+            if r is None or 'points' not in r:
+                failed += 1
+                continue
+            ci, s, _ = meta[i]
+            pts.append(r['points'])
+            cols.append(r['colors'])
+            counts.append(len(r['points']))
+            labels.append(ci)
+            seeds.append(s)
+            dists.append(r['dist'])
+            els.append(r['el'])
+        if bar is not None:
+            bar.update(len(results))
+    if bar is not None:
+        bar.close()
+    if failed:
+        log.warning('%d views had fewer than %d points and were dropped', failed,
+                    cfg.min_points)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return ObjectViews(
+        np.concatenate(pts) if pts else np.zeros((0, 3), np.float32),
+        np.concatenate(cols) if cols else np.zeros((0, 3), np.uint8), offsets,
+        np.asarray(labels, np.int64), cats, np.asarray(seeds, np.int64),
+        np.asarray(dists, np.float32), np.asarray(els, np.float32), frame)
+
+
+def save_object_views(path: str | Path, views: ObjectViews) -> Path:
+    """Write a compact .npz (no pickles): float16 would lose mm detail, so float32."""
+    path = Path(path)
+    if path.suffix != '.npz':
+        path = path.with_suffix(path.suffix + '.npz') if path.suffix else path.with_suffix('.npz')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = dict(
+        format_version=np.int64(_FORMAT_VERSION), points=views.points.astype(np.float32),
+        colors=views.colors.astype(np.uint8), offsets=views.offsets.astype(np.int64),
+        labels=views.labels.astype(np.int64), categories=np.asarray(views.categories, dtype='U'),
+        instance_seed=views.instance_seed.astype(np.int64), frame=np.asarray(views.frame))
+    if views.distance is not None:
+        arrays['distance'] = views.distance.astype(np.float32)
+    if views.elevation is not None:
+        arrays['elevation'] = views.elevation.astype(np.float32)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_object_views(path: str | Path) -> ObjectViews:
+    """Read a file written by :func:`save_object_views` (``allow_pickle=False``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'object views file not found: {path}')
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = {'points', 'colors', 'offsets', 'labels', 'categories',
+                       'instance_seed'} - set(z.files)
+            if missing:
+                raise ValueError(f'{path}: not an object-views file (missing {sorted(missing)})')
+            version = int(z['format_version']) if 'format_version' in z.files else 1
+            if version > _FORMAT_VERSION:
+                raise ValueError(f'{path}: format version {version} is newer than this code')
+            return ObjectViews(
+                z['points'], z['colors'], z['offsets'], z['labels'],
+                tuple(str(c) for c in z['categories']), z['instance_seed'],
+                z['distance'] if 'distance' in z.files else None,
+                z['elevation'] if 'elevation' in z.files else None,
+                str(z['frame']) if 'frame' in z.files else 'gravity')
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f'{path}: cannot read object views ({exc})') from exc

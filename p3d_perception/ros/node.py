@@ -25,91 +25,26 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
-from rcl_interfaces.msg import ParameterType, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from p3d_perception import config as cfg
 from p3d_perception.cloud import Cloud, CloudError, depth_image_to_cloud, pointcloud2_to_cloud
-from p3d_perception.memory import MemoryConfig
 from p3d_perception.pipeline import Pipeline, PipelineConfig, QueryError
 from p3d_perception.recognize import ModelError, Recognizer
 from p3d_perception.resources import default_model_path
 from p3d_perception.ros import messages
-from p3d_perception.ros.params import ParamSpec, dataclass_specs, descriptor, group
-from p3d_perception.segment import SegmentationConfig
+from p3d_perception.ros.params import all_specs, group
 
 try:  # vision_msgs is optional: publish the standard message too when it is there
     from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 except ImportError:  # pragma: no cover - not installable from PyPI
     Detection3DArray = None
 
-_T = ParameterType
 #: parameters whose change needs the model reloaded
 _MODEL_PARAMS = ('model_path', 'text_space', 'device', 'backend')
-
-
-def _node_specs() -> list[ParamSpec]:
-    def spec(name, default, ptype, text, **kw):
-        return ParamSpec(name, default, descriptor(name, ptype, text, **kw))
-    return [
-        spec('input_type', 'pointcloud', _T.PARAMETER_STRING,
-             "'pointcloud' (subscribe to 'points') or 'depth' (subscribe to "
-             "'depth/image_rect_raw' + 'depth/camera_info', time-synchronised)",
-             read_only=True, constraints="one of: pointcloud, depth"),
-        spec('input_qos', 'sensor_data', _T.PARAMETER_STRING,
-             "'sensor_data' (best effort, what camera drivers publish) or 'reliable'",
-             read_only=True, constraints='one of: sensor_data, reliable'),
-        spec('target_frame', '', _T.PARAMETER_STRING,
-             'Frame to perceive and publish in (needs tf2_ros); empty = the sensor frame'),
-        spec('model_path', '', _T.PARAMETER_STRING,
-             'Model folder (model.safetensors + model_card.yaml); empty = the bundled model. '
-             'Changing it reloads the model without a restart'),
-        spec('text_space', '', _T.PARAMETER_STRING,
-             "Expected text space of the model (e.g. 'minilm'); empty = accept the model's"),
-        spec('device', 'auto', _T.PARAMETER_STRING,
-             "'auto' (CUDA when available), 'cuda' or 'cpu'",
-             constraints='one of: auto, cuda, cpu'),
-        spec('backend', 'torch', _T.PARAMETER_STRING, "'torch' or 'onnxruntime'",
-             constraints='one of: torch, onnxruntime'),
-        spec('vocabulary', [], _T.PARAMETER_STRING_ARRAY,
-             'Labels to recognise; empty = the model\'s own vocabulary. Any words work '
-             '(open vocabulary); changes apply at once'),
-        spec('top_k', PipelineConfig.top_k, _T.PARAMETER_INTEGER,
-             'Alternative labels reported per detection', int_range=(1, 50)),
-        spec('unknown_threshold', PipelineConfig.unknown_threshold, _T.PARAMETER_DOUBLE,
-             "Below this score a detection is labelled 'unknown'", float_range=(0.0, 1.0)),
-        spec('max_objects_per_frame', PipelineConfig.max_objects_per_frame,
-             _T.PARAMETER_INTEGER, 'Largest clusters recognised per frame',
-             int_range=(1, 1000)),
-        spec('min_points_to_recognise', PipelineConfig.min_points_to_recognise,
-             _T.PARAMETER_INTEGER, 'Smaller clusters are not recognised',
-             int_range=(1, 100000)),
-        spec('query.default_top_k', 3, _T.PARAMETER_INTEGER,
-             '/query_object answers at most this many objects when the request says 0',
-             int_range=(1, 100)),
-        spec('query.highlight_s', 10.0, _T.PARAMETER_DOUBLE,
-             'How long the query answer stays highlighted in RViz (s)',
-             float_range=(0.0, 3600.0)),
-        spec('max_frame_age_s', 1.0, _T.PARAMETER_DOUBLE,
-             'Frames older than this when they arrive are dropped (0 = never)',
-             float_range=(0.0, 3600.0)),
-        spec('depth_sync_slop_s', 0.02, _T.PARAMETER_DOUBLE,
-             'Largest stamp difference between a depth image and its camera_info',
-             float_range=(0.0, 1.0)),
-        spec('publish_clustered_cloud', True, _T.PARAMETER_BOOL,
-             "Publish 'p3d/clusters', the object points coloured by label"),
-        spec('diagnostics_period_s', 1.0, _T.PARAMETER_DOUBLE,
-             "Period of the '/diagnostics' status (rates, latencies, drops)",
-             float_range=(0.1, 60.0), read_only=True),
-    ]
-
-
-def all_specs() -> list[ParamSpec]:
-    """Every parameter the node declares (also used to check config/perception.yaml)."""
-    return (_node_specs() + dataclass_specs('memory', MemoryConfig)
-            + dataclass_specs('segmentation', SegmentationConfig))
 
 
 class PerceptionNode(Node):

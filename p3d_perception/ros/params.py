@@ -17,6 +17,12 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rcl_interfaces.msg import ParameterType
 
+from p3d_perception.memory import MemoryConfig
+from p3d_perception.pipeline import PipelineConfig
+from p3d_perception.segment import SegmentationConfig
+
+_T = ParameterType
+
 _SCALARS = {
     bool: ParameterType.PARAMETER_BOOL,
     int: ParameterType.PARAMETER_INTEGER,
@@ -40,6 +46,8 @@ class ParamSpec:
     descriptor: ParameterDescriptor
     #: True when the dataclass field is a tuple (ROS arrays come back as lists)
     as_tuple: bool = False
+    #: True when the field may be None, written as an empty array in ROS
+    optional: bool = False
 
 
 def param_type(annotation: Any) -> tuple[int, bool]:
@@ -83,13 +91,17 @@ def dataclass_specs(prefix: str, cls: type) -> list[ParamSpec]:
         except TypeError:
             continue  # not expressible as a ROS parameter: stays at its default
         default = getattr(default_obj, f.name)
-        if default is None:
-            continue
+        optional = default is None
+        if optional and not as_tuple:
+            continue  # a None scalar has no ROS form: stays at its default
         if as_tuple or isinstance(default, list):
-            default = list(default)
+            default = list(default or [])
         doc = (f.metadata.get('doc') if f.metadata else None) or _field_doc(cls, f.name)
+        if optional:
+            doc += ' (empty = not set)'
         specs.append(ParamSpec(f'{prefix}.{f.name}', default,
-                               descriptor(f'{prefix}.{f.name}', ptype, doc), as_tuple))
+                               descriptor(f'{prefix}.{f.name}', ptype, doc), as_tuple,
+                               optional))
     return specs
 
 
@@ -111,7 +123,7 @@ def _field_doc(cls: type, name: str) -> str:
             if comments:
                 return ' '.join(comments)
             if '#' in stripped:
-                return stripped.split('#', 1)[1].strip()
+                return stripped.split('#', 1)[1].lstrip(':').strip()
             return name
     return name
 
@@ -122,5 +134,71 @@ def group(values: dict[str, Any], prefix: str, specs: list[ParamSpec]) -> dict[s
     for spec in specs:
         if spec.name.startswith(prefix + '.') and spec.name in values:
             value = values[spec.name]
-            out[spec.name[len(prefix) + 1:]] = tuple(value) if spec.as_tuple else value
+            if spec.optional and len(value) == 0:
+                value = None
+            elif spec.as_tuple:
+                value = tuple(value)
+            out[spec.name[len(prefix) + 1:]] = value
     return out
+
+
+def _node_specs() -> list[ParamSpec]:
+    def spec(name, default, ptype, text, **kw):
+        return ParamSpec(name, default, descriptor(name, ptype, text, **kw))
+    return [
+        spec('input_type', 'pointcloud', _T.PARAMETER_STRING,
+             "'pointcloud' (subscribe to 'points') or 'depth' (subscribe to "
+             "'depth/image_rect_raw' + 'depth/camera_info', time-synchronised)",
+             read_only=True, constraints="one of: pointcloud, depth"),
+        spec('input_qos', 'sensor_data', _T.PARAMETER_STRING,
+             "'sensor_data' (best effort, what camera drivers publish) or 'reliable'",
+             read_only=True, constraints='one of: sensor_data, reliable'),
+        spec('target_frame', '', _T.PARAMETER_STRING,
+             'Frame to perceive and publish in (needs tf2_ros); empty = the sensor frame'),
+        spec('model_path', '', _T.PARAMETER_STRING,
+             'Model folder (model.safetensors + model_card.yaml); empty = the bundled model. '
+             'Changing it reloads the model without a restart'),
+        spec('text_space', '', _T.PARAMETER_STRING,
+             "Expected text space of the model (e.g. 'minilm'); empty = accept the model's"),
+        spec('device', 'auto', _T.PARAMETER_STRING,
+             "'auto' (CUDA when available), 'cuda' or 'cpu'",
+             constraints='one of: auto, cuda, cpu'),
+        spec('backend', 'torch', _T.PARAMETER_STRING, "'torch' or 'onnxruntime'",
+             constraints='one of: torch, onnxruntime'),
+        spec('vocabulary', [], _T.PARAMETER_STRING_ARRAY,
+             'Labels to recognise; empty = the model\'s own vocabulary. Any words work '
+             '(open vocabulary); changes apply at once'),
+        spec('top_k', PipelineConfig.top_k, _T.PARAMETER_INTEGER,
+             'Alternative labels reported per detection', int_range=(1, 50)),
+        spec('unknown_threshold', PipelineConfig.unknown_threshold, _T.PARAMETER_DOUBLE,
+             "Below this score a detection is labelled 'unknown'", float_range=(0.0, 1.0)),
+        spec('max_objects_per_frame', PipelineConfig.max_objects_per_frame,
+             _T.PARAMETER_INTEGER, 'Largest clusters recognised per frame',
+             int_range=(1, 1000)),
+        spec('min_points_to_recognise', PipelineConfig.min_points_to_recognise,
+             _T.PARAMETER_INTEGER, 'Smaller clusters are not recognised',
+             int_range=(1, 100000)),
+        spec('query.default_top_k', 3, _T.PARAMETER_INTEGER,
+             '/query_object answers at most this many objects when the request says 0',
+             int_range=(1, 100)),
+        spec('query.highlight_s', 10.0, _T.PARAMETER_DOUBLE,
+             'How long the query answer stays highlighted in RViz (s)',
+             float_range=(0.0, 3600.0)),
+        spec('max_frame_age_s', 1.0, _T.PARAMETER_DOUBLE,
+             'Frames older than this when they arrive are dropped (0 = never)',
+             float_range=(0.0, 3600.0)),
+        spec('depth_sync_slop_s', 0.02, _T.PARAMETER_DOUBLE,
+             'Largest stamp difference between a depth image and its camera_info',
+             float_range=(0.0, 1.0)),
+        spec('publish_clustered_cloud', True, _T.PARAMETER_BOOL,
+             "Publish 'p3d/clusters', the object points coloured by label"),
+        spec('diagnostics_period_s', 1.0, _T.PARAMETER_DOUBLE,
+             "Period of the '/diagnostics' status (rates, latencies, drops)",
+             float_range=(0.1, 60.0), read_only=True),
+    ]
+
+
+def all_specs() -> list[ParamSpec]:
+    """Every parameter the node declares (also used to check config/perception.yaml)."""
+    return (_node_specs() + dataclass_specs('memory', MemoryConfig)
+            + dataclass_specs('segmentation', SegmentationConfig))

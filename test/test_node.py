@@ -1,0 +1,204 @@
+# Copyright 2026 The p3d_perception Authors
+# SPDX-License-Identifier: Apache-2.0
+"""The perception node, in-process, over real DDS, on a real Kinect scan."""
+
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import PointCloud2, PointField
+from visualization_msgs.msg import Marker, MarkerArray
+import yaml
+
+from p3d_perception.cloud import pack_cloud, read_pcd
+from p3d_perception.ros.messages import packed_to_msg
+from p3d_perception.ros.params import all_specs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope='module')
+def scan_msg_factory(mosd_dir):
+    cloud = read_pcd(mosd_dir / 'learn0.pcd')
+    packed = pack_cloud(cloud.points, cloud.colors, height=cloud.height, width=cloud.width)
+
+    def make(node, jitter=0.0):
+        msg = packed_to_msg(packed, 'camera_depth_optical_frame', 0)
+        if jitter:
+            pts = cloud.points + np.float32(jitter)
+            msg = packed_to_msg(pack_cloud(pts, cloud.colors, height=cloud.height,
+                                           width=cloud.width), 'camera_depth_optical_frame', 0)
+        msg.header.stamp = node.get_clock().now().to_msg()
+        return msg
+    return make
+
+
+class Harness:
+    """The node under test plus a client node, spun together on a background thread."""
+
+    def __init__(self, context, interfaces, **params):
+        from p3d_perception.ros.node import PerceptionNode
+        from rclpy.parameter import Parameter
+        msg, srv = interfaces
+        overrides = [Parameter(k, value=v) for k, v in params.items()]
+        self.node = PerceptionNode(context=context, parameter_overrides=overrides)
+        self.client = Node('test_client', context=context)
+        self.detections, self.markers = [], []
+        self.client.create_subscription(msg.DetectionArray, 'p3d/detections',
+                                        self.detections.append, 10)
+        self.client.create_subscription(MarkerArray, 'p3d/markers', self.markers.append, 10)
+        self.pub = self.client.create_publisher(PointCloud2, 'points', qos_profile_sensor_data)
+        self.query = self.client.create_client(srv.QueryObject, 'query_object')
+        self.set_params = self.client.create_client(SetParameters,
+                                                    '/p3d_perception/set_parameters')
+        self.request = srv.QueryObject.Request
+        self.executor = MultiThreadedExecutor(num_threads=3, context=context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.client)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        assert self.wait(lambda: self.pub.get_subscription_count() > 0
+                         and self.query.service_is_ready())
+
+    @staticmethod
+    def wait(predicate, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return predicate()
+
+    def send(self, msg, timeout=60.0):
+        before = len(self.detections)
+        self.pub.publish(msg)
+        assert self.wait(lambda: len(self.detections) > before, timeout), 'no detections'
+        return self.detections[-1]
+
+    def call(self, client, request, timeout=30.0):
+        future = client.call_async(request)
+        assert self.wait(future.done, timeout), 'no response'
+        return future.result()
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.client.destroy_node()
+
+
+@pytest.fixture
+def harness(rclpy_context, interfaces):
+    h = Harness(rclpy_context, interfaces)
+    yield h
+    h.close()
+
+
+def test_publishes_detections_markers_and_keeps_ids(harness, scan_msg_factory):
+    first = harness.send(scan_msg_factory(harness.node))
+    assert len(first.detections) >= 2, 'expected the boxes on the table to be detected'
+    assert first.header.frame_id == 'camera_depth_optical_frame'
+    for det in first.detections:
+        assert det.label and 0.0 <= det.score <= 1.0
+        assert det.alternative_labels[0] == det.label
+        assert det.point_count > 0 and det.size.x > 0 and det.size.z > 0
+    assert harness.wait(lambda: harness.markers)
+    markers = harness.markers[-1].markers
+    assert markers[0].action == Marker.DELETEALL
+    assert {m.type for m in markers[1:]} == {Marker.CUBE, Marker.TEXT_VIEW_FACING}
+    assert any(f'#{first.detections[0].object_id}' in m.text for m in markers)
+
+    # the same scene again, moved by 2 mm: the same objects keep their ids
+    second = harness.send(scan_msg_factory(harness.node, jitter=0.002))
+    ids1 = sorted(d.object_id for d in first.detections)
+    ids2 = sorted(d.object_id for d in second.detections)
+    assert len(set(ids1) & set(ids2)) >= min(len(ids1), len(ids2)) - 1
+
+
+def test_query_answers_and_refuses_bad_queries(harness, scan_msg_factory):
+    harness.send(scan_msg_factory(harness.node))
+    ok = harness.call(harness.query, harness.request(query='a box', top_k=2, min_score=0.0))
+    assert ok.success, ok.message
+    assert 1 <= len(ok.matches) <= 2 and len(ok.scores) == len(ok.matches)
+    assert list(ok.scores) == sorted(ok.scores, reverse=True)
+    for bad, reason in (('', 'empty'), ('x' * 300, 'too long'), ('mug\x07', 'non-printable')):
+        resp = harness.call(harness.query, harness.request(query=bad, top_k=1))
+        assert not resp.success and reason in resp.message
+        assert len(resp.matches) == 0
+    high = harness.call(harness.query, harness.request(query='a box', top_k=5, min_score=1.0))
+    assert high.success and all(s >= 1.0 for s in high.scores)
+
+
+def _param(name, ptype, **value):
+    return ParameterMsg(name=name, value=ParameterValue(type=ptype, **value))
+
+
+def test_vocabulary_change_takes_effect_and_bad_values_are_rejected(harness,
+                                                                     scan_msg_factory):
+    req = SetParameters.Request(parameters=[_param(
+        'vocabulary', ParameterType.PARAMETER_STRING_ARRAY,
+        string_array_value=['banana', 'teapot'])])
+    result = harness.call(harness.set_params, req).results[0]
+    assert result.successful, result.reason
+    dets = harness.send(scan_msg_factory(harness.node))
+    assert dets.detections
+    assert {d.label for d in dets.detections} <= {'banana', 'teapot', 'unknown'}
+    for d in dets.detections:
+        assert set(d.alternative_labels) <= {'banana', 'teapot'}
+
+    bad = SetParameters.Request(parameters=[_param('device', ParameterType.PARAMETER_STRING,
+                                                   string_value='tpu')])
+    result = harness.call(harness.set_params, bad).results[0]
+    assert not result.successful and 'device' in result.reason
+    dup = SetParameters.Request(parameters=[_param(
+        'vocabulary', ParameterType.PARAMETER_STRING_ARRAY, string_array_value=['a', 'a'])])
+    result = harness.call(harness.set_params, dup).results[0]
+    assert not result.successful and 'duplicate' in result.reason
+    assert harness.node.get_parameter('device').value == 'auto'
+
+
+def test_malformed_clouds_are_counted_and_skipped(harness, scan_msg_factory):
+    no_xyz = PointCloud2(height=1, width=2, point_step=4, row_step=8, data=bytes(8),
+                         fields=[PointField(name='intensity', offset=0,
+                                            datatype=PointField.FLOAT32, count=1)])
+    short = scan_msg_factory(harness.node)
+    short.data = bytes(short.data)[:1000]
+    for msg in (no_xyz, short):
+        msg.header.stamp = harness.node.get_clock().now().to_msg()
+        harness.pub.publish(msg)
+    assert harness.wait(lambda: harness.node.stats().get('invalid', 0) >= 2)
+    good = harness.send(scan_msg_factory(harness.node))  # still running
+    assert good.detections
+
+
+def test_missing_model_fails_at_startup_with_a_clear_message(tmp_path):
+    missing = tmp_path / 'no_such_model'
+    proc = subprocess.run(
+        [sys.executable, '-m', 'p3d_perception.ros.node', '--ros-args', '-p',
+         f'model_path:={missing}'], capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert 'cannot start' in out and str(missing) in out
+    assert 'Traceback' not in out
+
+
+def test_params_file_and_readme_match_declared_parameters(repo_root):
+    params = yaml.safe_load((repo_root / 'config' / 'perception.yaml').read_text())
+    params = params['/**']['ros__parameters']
+    text = (repo_root / 'config' / 'perception.yaml').read_text()
+    readme = (repo_root / 'README.md').read_text()
+    for spec in all_specs():
+        if spec.default == []:
+            assert f'# {spec.name}: []' in text
+        else:
+            assert params[spec.name] == spec.default, spec.name
+        assert f'`{spec.name}`' in readme, f'README does not document {spec.name}'
+    assert set(params) <= {s.name for s in all_specs()}

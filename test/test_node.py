@@ -141,8 +141,8 @@ def _param(name, ptype, **value):
     return ParameterMsg(name=name, value=ParameterValue(type=ptype, **value))
 
 
-def test_vocabulary_change_takes_effect_and_bad_values_are_rejected(harness,
-                                                                     scan_msg_factory):
+def test_vocabulary_change_takes_effect_and_bad_values_are_rejected(
+        harness, scan_msg_factory):
     req = SetParameters.Request(parameters=[_param(
         'vocabulary', ParameterType.PARAMETER_STRING_ARRAY,
         string_array_value=['banana', 'teapot'])])

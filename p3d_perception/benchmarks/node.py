@@ -1,0 +1,171 @@
+# Copyright 2026 The p3d_perception Authors
+# SPDX-License-Identifier: Apache-2.0
+"""Node latency (cloud in -> detections out), query latency, RSS and a 10 Hz soak.
+
+Runs the real node in-process with a publisher/client node over DDS on one
+executor thread pool, on synthetic 640x480 organised frames with about 8 objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import threading
+import time
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--frames', type=int, default=40, help='frames for the latency figure')
+    parser.add_argument('--objects', type=int, default=8, help='objects per scene')
+    parser.add_argument('--remembered', type=int, default=100,
+                        help='remembered objects for the query figure')
+    parser.add_argument('--queries', type=int, default=50, help='queries (new texts each)')
+    parser.add_argument('--soak-s', type=float, default=300.0,
+                        help='seconds of sustained input at --soak-hz (0 = skip)')
+    parser.add_argument('--soak-hz', type=float, default=10.0)
+    parser.add_argument('--device', default='auto')
+    parser.add_argument('--seed', type=int, default=3)
+
+
+def _rss_mb() -> float:
+    with open('/proc/self/status', encoding='ascii') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024.0
+    return float('nan')
+
+
+def _frames(n_scenes: int, n_objects: int, seed: int):
+    from p3d_perception.training.synthetic import generate_scene, render
+    from p3d_perception.cloud import pack_cloud
+    out = []
+    for i in range(n_scenes):
+        scene = generate_scene(seed + i, n_objects=(n_objects, n_objects))
+        frame = render(scene, 'd435', seed + i)
+        out.append(pack_cloud(frame.points, frame.colors, height=frame.height,
+                              width=frame.width))
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    os.environ.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(150, 230)))
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import PointCloud2
+    import p3d_perception_interfaces.msg as p3d_msg
+    import p3d_perception_interfaces.srv as p3d_srv
+    from p3d_perception.memory import Observation
+    from p3d_perception.ros.messages import packed_to_msg
+    from p3d_perception.ros.node import PerceptionNode
+
+    packed = _frames(4, args.objects, args.seed)
+    rclpy.init()
+    node = PerceptionNode(parameter_overrides=[Parameter('device', value=args.device),
+                                               Parameter('max_frame_age_s', value=0.0)])
+    client = Node('bench_client')
+    received = {}
+    lock = threading.Condition()
+
+    def on_detections(msg):
+        with lock:
+            key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+            received[key] = (time.perf_counter(), len(msg.detections))
+            lock.notify_all()
+
+    client.create_subscription(p3d_msg.DetectionArray, 'p3d/detections', on_detections, 50)
+    pub = client.create_publisher(PointCloud2, 'points', qos_profile_sensor_data)
+    query = client.create_client(p3d_srv.QueryObject, 'query_object')
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    executor.add_node(client)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    while pub.get_subscription_count() == 0 or not query.service_is_ready():
+        time.sleep(0.05)
+
+    def send(i):
+        msg = packed_to_msg(packed[i % len(packed)], 'camera_depth_optical_frame', 0)
+        msg.header.stamp = node.get_clock().now().to_msg()
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        t0 = time.perf_counter()
+        pub.publish(msg)
+        return key, t0
+
+    # latency: one frame at a time, cloud published -> detections received
+    latencies, counts = [], []
+    for i in range(args.frames + 3):
+        key, t0 = send(i)
+        with lock:
+            lock.wait_for(lambda: key in received, timeout=30)
+        if key in received and i >= 3:  # first frames warm up caches
+            latencies.append((received[key][0] - t0) * 1e3)
+            counts.append(received[key][1])
+    stage = {k: round(statistics.median(v), 2) for k, v in node._latency.items() if v}
+
+    # queries: fill the memory to --remembered objects, then ask new texts each time
+    mem = node.pipeline.memory
+    rng = np.random.default_rng(args.seed)
+    dim = next(iter(mem.objects())).embedding.shape[0] if len(mem) else 384
+    filler = [Observation(center=rng.uniform(-1, 1, 3) * 5, rotation=np.eye(3),
+                          size=np.full(3, 0.1), embedding=rng.normal(size=dim).astype('f4'),
+                          label='thing', score=0.5)
+              for _ in range(max(0, args.remembered - len(mem)))]
+    mem.update(filler, 'camera_depth_optical_frame', node.get_clock().now().nanoseconds)
+    words = ['mug', 'bowl', 'apple', 'box', 'tool', 'bottle', 'toy', 'fruit', 'cup', 'can']
+    qlat = []
+    for i in range(args.queries):
+        text = f'{words[i % len(words)]} number {i}'  # never cached
+        t0 = time.perf_counter()
+        future = query.call_async(p3d_srv.QueryObject.Request(query=text, top_k=3))
+        while not future.done():
+            time.sleep(0.0005)
+        qlat.append((time.perf_counter() - t0) * 1e3)
+    rss_after_warmup = _rss_mb()
+
+    soak = {}
+    if args.soak_s > 0:
+        period = 1.0 / args.soak_hz
+        start = time.perf_counter()
+        sent = 0
+        rss_trace, lat_trace = [], []
+        processed0 = node.stats().get('processed', 0)
+        while time.perf_counter() - start < args.soak_s:
+            key, t0 = send(sent)
+            sent += 1
+            time.sleep(max(0.0, period - (time.perf_counter() - t0)))
+            if sent % int(args.soak_hz * 10) == 0:
+                rss_trace.append(round(_rss_mb(), 1))
+                recent = list(node._latency['callback_total'])[-20:]
+                lat_trace.append(round(statistics.median(recent), 1) if recent else None)
+        processed = node.stats().get('processed', 0) - processed0
+        soak = {'seconds': args.soak_s, 'input_hz': args.soak_hz, 'frames_sent': sent,
+                'frames_processed': processed,
+                'processed_hz': round(processed / args.soak_s, 2),
+                'rss_mb_every_10s': rss_trace, 'callback_ms_median_every_10s': lat_trace,
+                'rss_growth_mb': round(rss_trace[-1] - rss_trace[0], 1) if rss_trace else None}
+    result = {
+        'device': node.pipeline.recognizer.device,
+        'frame': '640x480 organised xyz+rgb, synthetic d435 scenes',
+        'objects_detected_median': statistics.median(counts) if counts else 0,
+        'latency_ms': {'median': round(statistics.median(latencies), 1),
+                       'p90': round(float(np.percentile(latencies, 90)), 1),
+                       'goal_median': 150},
+        'stage_ms_median': stage,
+        'query_ms': {'remembered_objects': len(mem),
+                     'median': round(statistics.median(qlat), 2),
+                     'p90': round(float(np.percentile(qlat, 90)), 2), 'goal_median': 20},
+        'rss_mb': round(rss_after_warmup, 1), 'rss_goal_mb': 2048,
+        'soak': soak,
+    }
+    executor.shutdown()
+    node.destroy_node()
+    client.destroy_node()
+    rclpy.try_shutdown()
+    return result

@@ -52,8 +52,8 @@ def cluster_summary(seg) -> list[dict]:
 
 def _palette(k: int) -> np.ndarray:
     import matplotlib
-    cmap = matplotlib.colormaps['tab20']
-    return (np.array([cmap(i % 20)[:3] for i in range(max(k, 1))]) * 255).astype(np.uint8)
+    cmap = matplotlib.colormaps['tab10']
+    return (np.array([cmap(i % 10)[:3] for i in range(max(k, 1))]) * 255).astype(np.uint8)
 
 
 def overlay_image(cloud, labels: np.ndarray) -> np.ndarray:

@@ -151,6 +151,25 @@ def orbit_pose(target: np.ndarray, distance: float, elevation_deg: float,
     return T
 
 
+def rotate(p: np.ndarray, R: np.ndarray, t=None) -> np.ndarray:
+    """``p @ R.T + t`` for (N, 3) float32 without BLAS.
+
+    Numpy's threaded BLAS and Open3D's thread pool fight over the cores: an
+    (N, 3) x (3, 3) product took 70 ms instead of 4 ms next to Open3D here.
+    """
+    p = np.asarray(p, np.float32)
+    R = np.asarray(R, np.float32)
+    out = np.empty(p.shape, np.float32)
+    for j in range(3):
+        o = out[:, j]
+        np.multiply(p[:, 0], R[j, 0], out=o)
+        o += p[:, 1] * R[j, 1]
+        o += p[:, 2] * R[j, 2]
+        if t is not None:
+            o += np.float32(t[j])
+    return out
+
+
 def _smooth_noise(shape: tuple[int, int], cell: int, rng: np.random.Generator) -> np.ndarray:
     """Unit-variance noise that varies smoothly over ``cell`` pixels (bilinear cells)."""
     h, w = shape
@@ -188,25 +207,23 @@ def apply_depth_model(cam: CameraModel, z: np.ndarray, cos_incidence: np.ndarray
     if not noise:
         out = np.where(drop | (out < cam.min_depth) | (out > cam.max_depth), 0.0, out)
         return (np.round(out / cam.depth_unit) * cam.depth_unit).astype(np.float32)
-    # depth discontinuities: the neighbour with the largest jump, 4-connected
+    # depth discontinuities: the closest 4-neighbour; only the far side of an
+    # edge goes missing or flies, as in real sensors
     pad = np.pad(zf, 1, mode='edge')
-    nbs = np.stack([pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]])
-    jumps = nbs - zf[None]
-    k = np.abs(jumps).argmax(axis=0)
-    jump = np.take_along_axis(jumps, k[None], axis=0)[0]
-    edge = hit & (np.abs(jump) > cam.edge_threshold * zf)
-    # only the far side of an edge goes missing or flies, as in real sensors
-    edge &= jump < 0
-    r = rng.random((3, h, w), dtype=np.float32)
+    near = np.minimum(np.minimum(pad[:-2, 1:-1], pad[2:, 1:-1]),
+                      np.minimum(pad[1:-1, :-2], pad[1:-1, 2:]))
+    jump = near - zf
+    edge = hit & (jump < -cam.edge_threshold * zf)
+    r = rng.random((4, h, w), dtype=np.float32)
     drop |= edge & (r[0] < cam.edge_dropout)
     fly = edge & ~drop & (r[1] < cam.flying_pixel_prob)
-    out = np.where(fly, zf + (0.15 + 0.7 * r[2]) * jump, out)
-    # grazing incidence and random missing returns
-    ang = np.degrees(np.arccos(np.clip(cos_incidence, 0.0, 1.0)))
-    p_graze = np.clip((ang - cam.grazing_start_deg)
-                      / max(cam.grazing_end_deg - cam.grazing_start_deg, 1e-3), 0.0, 1.0)
-    r2 = rng.random((h, w), dtype=np.float32)
-    drop |= r2 < p_graze + cam.random_dropout
+    if fly.any():
+        out = np.where(fly, zf + (0.15 + 0.7 * r[2]) * jump, out)
+    # grazing incidence (linear in cos between the two angles) and random misses
+    c0 = math.cos(math.radians(cam.grazing_start_deg))
+    c1 = math.cos(math.radians(cam.grazing_end_deg))
+    p_graze = (np.float32(c0) - cos_incidence) * np.float32(1.0 / max(c0 - c1, 1e-3))
+    drop |= r[3] < p_graze + np.float32(cam.random_dropout)
     if shadow is not None:
         drop |= shadow
     # depth noise: white + spatially correlated part

@@ -331,7 +331,8 @@ def _mug(rng):
     taper = _u(rng, -0.004, 0.006)
     col = colour(rng, *BRIGHT)
     b.add(hollow(r - taper, r, h, _u(rng, 0.004, 0.006), 0.008, 40), col)
-    _handle(b, max(r, r - taper), h * _u(rng, 0.15, 0.3), h * _u(rng, 0.72, 0.85), _u(rng, 0.022, 0.032),
+    _handle(b, max(r, r - taper), h * _u(rng, 0.15, 0.3), h * _u(rng, 0.72, 0.85),
+            _u(rng, 0.022, 0.032),
             _u(rng, 0.005, 0.007), col, square=rng.random() < 0.3)
     return b
 
@@ -339,8 +340,8 @@ def _mug(rng):
 def _cup(rng):
     b = _Builder(rng)
     rb, rt, h = _u(rng, 0.022, 0.032), _u(rng, 0.037, 0.048), _u(rng, 0.08, 0.14)
-    b.add(hollow(rb, rt, h, 0.0025, 0.006, 40), colour(rng, 'white', 'cream', 'red', 'blue',
-                                                         'brown', 'green'))
+    col = colour(rng, 'white', 'cream', 'red', 'blue', 'brown', 'green')
+    b.add(hollow(rb, rt, h, 0.0025, 0.006, 40), col)
     return b
 
 
@@ -486,8 +487,8 @@ def _pear(rng):
     z = H * (1 - np.cos(phi)) / 2
     r = np.sin(phi) * (R * (1 - 0.5 * (z / H) ** 1.5))
     r[-2] *= 0.8
-    b.add(lathe(np.column_stack([r, z]), 28), colour(rng, 'green', 'yellow', 'brown',
-                                                      jitter=20))
+    col = colour(rng, 'green', 'yellow', 'brown', jitter=20)
+    b.add(lathe(np.column_stack([r, z]), 28), col)
     b.add(cylinder(0.0025, 0.015, H + GAP, 8), colour(rng, 'brown'))
     return b
 
@@ -666,8 +667,8 @@ def _sponge(rng):
     b = _Builder(rng)
     L, W = _u(rng, 0.09, 0.125), _u(rng, 0.06, 0.08)
     h1, h2 = _u(rng, 0.02, 0.035), _u(rng, 0.006, 0.012)
-    b.add(box(L, W, h1, round_r=0.005), colour(rng, 'yellow', 'pink', 'light blue',
-                                                 jitter=15))
+    col = colour(rng, 'yellow', 'pink', 'light blue', jitter=15)
+    b.add(box(L, W, h1, round_r=0.005), col)
     b.add(box(L, W, h2, h1 + GAP, round_r=0.005), colour(rng, 'green', 'dark green', 'navy'))
     return b
 
@@ -758,8 +759,8 @@ def _pan(rng, R, H, handle_len):
     col = colour(rng, 'black', 'silver', 'grey', 'red', 'navy', jitter=10)
     b.add(hollow(R * 0.9, R, H, 0.004, 0.005, 40), col)
     hz = H * _u(rng, 0.7, 0.9)
-    b.add(box(handle_len, 0.025, 0.012, 0, round_r=0.006), colour(rng, 'black', 'wood',
-                                                                   'silver'),
+    hcol = colour(rng, 'black', 'wood', 'silver')
+    b.add(box(handle_len, 0.025, 0.012, 0, round_r=0.006), hcol,
           t=(R + GAP + handle_len / 2, 0, hz - 0.006))
     return b
 
@@ -789,8 +790,8 @@ def _tape_roll(rng):
     b = _Builder(rng)
     ro, ri, h = _u(rng, 0.045, 0.06), _u(rng, 0.03, 0.038), _u(rng, 0.018, 0.05)
     prof = [(ri, 0), (ro, 0), (ro, h), (ri, h)]
-    b.add(lathe(prof, 36, closed=True), colour(rng, 'beige', 'silver', 'grey', 'blue',
-                                                'brown'))
+    col = colour(rng, 'beige', 'silver', 'grey', 'blue', 'brown')
+    b.add(lathe(prof, 36, closed=True), col)
     return b
 
 

@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from p3d_perception.training.synthetic.camera import (
-    CameraModel, apply_depth_model, get_camera, orbit_pose, pixel_directions)
+    CameraModel, apply_depth_model, get_camera, orbit_pose, pixel_directions, rotate)
 from p3d_perception.training.synthetic.catalogue import CATEGORIES, make_object
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def _shade(albedo: np.ndarray, cos_view: np.ndarray, n_up: np.ndarray, cam: Came
     """Lambert shading (headlight + overhead light) with sensor colour noise."""
     light = 0.35 + 0.4 * cos_view + 0.3 * np.clip(n_up, 0.0, 1.0)
     c = albedo * light[..., None] * gain
-    c += rng.normal(0.0, cam.colour_noise, c.shape)
+    c += rng.standard_normal(c.shape, dtype=np.float32) * np.float32(cam.colour_noise)
     return np.clip(c, 0, 255).astype(np.uint8)
 
 
@@ -175,8 +175,12 @@ def _take_views(batch, cam: CameraModel, cfg: ViewConfig, colour: bool, frame: s
     start = 0
     for k, (mesh, rngs) in enumerate(batch):
         lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
-        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
-                            for z in (lo[2], hi[2])])
+        # the silhouette's pixel box comes from (a subset of) the vertices: much
+        # tighter than the projected bounding box for round or rotated objects
+        step = max(1, len(mesh.vertices) // 400)
+        corners = mesh.vertices[::step]
+        corners = np.vstack([corners, mesh.vertices[np.argmin(mesh.vertices, 0)],
+                             mesh.vertices[np.argmax(mesh.vertices, 0)]])
         off = np.array([k * _SPACING, 0.0, 0.0])
         for rng in rngs:
             for attempt in range(4):
@@ -209,7 +213,7 @@ def _take_views(batch, cam: CameraModel, cfg: ViewConfig, colour: bool, frame: s
                 # principal point shifted = the camera looked slightly beside the object
                 cam_v = cam.replace(cx=cam.cx + su, cy=cam.cy + sv)
                 dirs = pixel_directions(cam_v, u0, v0, u1 - u0, v1 - v0)
-                dw = dirs.reshape(-1, 3) @ R.T.astype(np.float32)
+                dw = rotate(dirs.reshape(-1, 3), R)
                 o = np.broadcast_to((eye + off).astype(np.float32), dw.shape)
                 ray_chunks.append(np.concatenate([o, dw], axis=1))
                 n = len(dw)
@@ -253,20 +257,26 @@ def _finish_view(job, mesh, gid, t_all, g_all, p_all, n_all, cam, cfg, colour, f
     with np.errstate(divide='ignore', invalid='ignore'):
         t_tab = np.where(dz < -1e-6, -eye[2] / dz, np.inf)
     z = np.where(obj, t, t_tab).astype(np.float32)
-    nrm = np.where(obj[:, None], n_all[a:b], np.array([0, 0, 1], np.float32))
-    dn = np.linalg.norm(dw, axis=1)
-    cos = np.abs(np.einsum('ij,ij->i', nrm, dw)) / dn
+    nrm = n_all[a:b]
+    cos = np.where(obj, np.abs(nrm[:, 0] * dw[:, 0] + nrm[:, 1] * dw[:, 1]
+                               + nrm[:, 2] * dw[:, 2]), -dz)
+    cos *= 1.0 / np.sqrt(dw[:, 0] ** 2 + dw[:, 1] ** 2 + dz ** 2)
     depth = apply_depth_model(cam, z.reshape(h, w), cos.reshape(h, w), rng).reshape(-1)
-    valid = depth > 0
-    pc = job['dirs'].reshape(-1, 3) * depth[:, None]
-    pw = pc @ R.T + eye                      # table frame of this instance
+    vi = np.flatnonzero(depth > 0)
+    pc_v = job['dirs'].reshape(-1, 3)[vi] * depth[vi, None]
+    pw_v = rotate(pc_v, R, eye)   # instance table frame
     thr = float(rng.uniform(*cfg.table_threshold))
     thr = min(thr + float(cam.depth_sigma(job['dist'])), 0.4 * float(job['hi'][2]))
     lo, hi = job['lo'], job['hi']
     m = cfg.stray_margin
-    near = (pw[:, 0] > lo[0] - m) & (pw[:, 0] < hi[0] + m) & (pw[:, 1] > lo[1] - m) \
-        & (pw[:, 1] < hi[1] + m)
-    keep = valid & (pw[:, 2] > thr) & (obj | near)
+    near = (pw_v[:, 0] > lo[0] - m) & (pw_v[:, 0] < hi[0] + m) & (pw_v[:, 1] > lo[1] - m) \
+        & (pw_v[:, 1] < hi[1] + m)
+    keep = np.zeros(h * w, bool)
+    keep[vi] = (pw_v[:, 2] > thr) & (obj[vi] | near)
+    pc = np.zeros((h * w, 3), np.float32)
+    pc[vi] = pc_v
+    pw = np.zeros((h * w, 3), np.float32)
+    pw[vi] = pw_v
     if cfg.occlusion_prob > 0 and rng.random() < cfg.occlusion_prob and keep.sum() > 0:
         # an occluder in front: a random straight edge hides up to occlusion_max of the view
         ang = rng.uniform(0, 2 * np.pi)
@@ -286,7 +296,7 @@ def _finish_view(job, mesh, gid, t_all, g_all, p_all, n_all, cam, cfg, colour, f
         alb = np.where(obj[idx, None], mesh.triangle_colors[tri].astype(np.float32),
                        _table_albedo(pw[idx, :2], np.array([150.0, 120.0, 90.0]), 0.0))
         cos_view = cos[idx]
-        n_up = nrm[idx, 2]
+        n_up = np.where(obj[idx], nrm[idx, 2], 1.0)
         cols = _shade(alb, cos_view, n_up, cam, rng, gain)
     else:
         cols = np.zeros((len(idx), 3), np.uint8)
@@ -298,7 +308,7 @@ def _finish_view(job, mesh, gid, t_all, g_all, p_all, n_all, cam, cfg, colour, f
         yaw = math.atan2(f[1], f[0])
         Rz = np.array([[math.cos(yaw), math.sin(yaw), 0], [-math.sin(yaw), math.cos(yaw), 0],
                        [0, 0, 1.0]])
-        pts = pw[idx] @ Rz.T
+        pts = rotate(pw[idx], Rz)
     return dict(points=pts.astype(np.float32), colors=cols, dist=job['dist'], el=job['el'])
 
 

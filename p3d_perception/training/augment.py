@@ -25,6 +25,9 @@ class AugmentConfig:
     """Probabilities and ranges of every augmentation (metres, radians)."""
 
     up_axis: str = 'z'              # gravity axis of the training views' frame
+    #: direction the camera looks in the views' frame (synthetic 'gravity' frame: +x, down
+    #: ~40 deg); all zeros = camera at the origin (optical frame)
+    view_direction: tuple[float, float, float] = (0.77, 0.0, -0.64)
     yaw: float = 3.1416             # max |yaw| about up_axis
     tilt: float = 0.08              # max |rotation| about the other axes
     scale_range: tuple[float, float] = (0.85, 1.15)
@@ -77,7 +80,11 @@ def augment_view(points: np.ndarray, colors: np.ndarray | None, cfg: AugmentConf
         idx = rng.choice(len(pts), m, replace=False)
         pts, col = pts[idx], None if col is None else col[idx]
     # sensor noise: along the ray from the camera (origin) and isotropic
-    rays = pts / (np.linalg.norm(pts, axis=1, keepdims=True) + 1e-9)
+    vd = np.asarray(cfg.view_direction, np.float64)
+    if np.linalg.norm(vd) > 0:
+        rays = np.broadcast_to(vd / np.linalg.norm(vd), pts.shape)
+    else:
+        rays = pts / (np.linalg.norm(pts, axis=1, keepdims=True) + 1e-9)
     pts = pts + rays * rng.normal(0, cfg.ray_noise_sigma, (len(pts), 1))
     pts = pts + rng.normal(0, cfg.jitter_sigma, pts.shape)
     # flying pixels: points smeared along the ray behind/in front of the silhouette

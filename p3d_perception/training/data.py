@@ -48,7 +48,7 @@ class DataConfig:
     camera: str = 'd435'
     val_views_per_category: int = 20
     val_seed: int = 1000
-    cache_dir: str = 'data/cache'         # generated views cached here ('' = no cache)
+    cache_dir: str = '.p3d_cache/views'   # generated views cached here ('' = no cache)
 
     def validate(self) -> None:
         if self.views_per_category < 1:

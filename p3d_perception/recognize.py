@@ -1,0 +1,292 @@
+# Copyright 2026 The p3d_perception Authors
+# SPDX-License-Identifier: Apache-2.0
+"""Clusters -> labels, scores and embeddings; free-text queries against stored objects.
+
+The one object the pipeline and the ROS node talk to. It hides the encoder backend
+(torch / ONNX Runtime), the grouping, the text space and the label prototypes, and
+defines what a score *means* so that thresholds are portable:
+
+* ``Recognition.score`` (classify): the softmax probability of the label over the
+  current vocabulary, with the model's learned temperature. Scores of one cluster
+  sum to 1 over the vocabulary, so 0.5 means "more likely this than everything else
+  together"; with a 30-label vocabulary chance is ~0.03.
+* ``score_query``: a probability-like score in [0, 1] that an object matches a free
+  text query: the larger of (a) the query's share when it competes with the
+  vocabulary labels as one more class, and (b) the object's label probabilities
+  weighted by how well each label matches the query in the text space ("something
+  to drink from" -> mug, cup, wine glass). A ``min_score`` of ~0.3 keeps objects that
+  are reasonably likely matches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from p3d_perception.model.errors import ModelError
+from p3d_perception.model.grouping import InputError, prepare_batch
+from p3d_perception.runtime import BACKENDS, OnnxRuntime, TorchRuntime, resolve_device
+
+__all__ = ['ModelError', 'InputError', 'Recognition', 'Recognizer']
+
+LOG = logging.getLogger(__name__)
+
+UNKNOWN = 'unknown'
+#: text-to-label routing temperature and the similarity a label needs to count at all
+QUERY_TEMPERATURE = 0.05
+QUERY_NULL_SIMILARITY = 0.55
+MAX_BATCH = 256
+
+
+@dataclass
+class Recognition:
+    """One cluster's result; ``label`` is 'unknown' when ``score`` < the threshold."""
+
+    label: str
+    score: float
+    top_labels: list[str]
+    top_scores: list[float]
+    embedding: np.ndarray   # (D,) float32, L2-normalised
+
+
+def _canonical(label: str) -> str:
+    return ' '.join(str(label).strip().split())
+
+
+def _rotation_to_z(up: np.ndarray) -> np.ndarray:
+    """Rotation matrix taking unit vector ``up`` to +z (Rodrigues)."""
+    u = np.asarray(up, np.float64).reshape(3)
+    n = np.linalg.norm(u)
+    if not np.isfinite(n) or n < 1e-9:
+        raise InputError(f'up vector must be a non-zero 3-vector, got {up!r}')
+    u = u / n
+    z = np.array([0.0, 0.0, 1.0])
+    v = np.cross(u, z)
+    c = float(u @ z)
+    if np.linalg.norm(v) < 1e-9:
+        return np.eye(3) if c > 0 else np.diag([1.0, -1.0, -1.0])
+    k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    return np.eye(3) + k + k @ k * (1.0 / (1.0 + c))
+
+
+class Recognizer:
+    """A loaded model with a vocabulary. Thread-safe for concurrent classify/query calls.
+
+    Clusters are expected in a frame whose +z is up (gravity), like the training views;
+    pass ``up`` (the support plane normal, in the cluster's frame) otherwise.
+    """
+
+    def __init__(self, model, card: dict, *, device: str, backend: str = 'torch',
+                 runtime=None, vocabulary: Sequence[str] | None = None,
+                 up: Sequence[float] | None = None):
+        self.model = model
+        self.card = card
+        self.device = device
+        self.backend = backend
+        self.text_space = model.cfg.text_space
+        self._runtime = runtime or TorchRuntime(model.encoder, device)
+        self._space = model.space
+        self._prompt_labels = set(card.get('prompt_labels') or [])
+        self._proto_cache: dict[str, torch.Tensor] = {}
+        self._lock = threading.RLock()
+        self._rng_seed = 0
+        self._up_rot: np.ndarray | None = None
+        if up is not None:
+            self.set_up_vector(up)
+        self.vocabulary: list[str] = []
+        self._protos = torch.zeros(0, model.space.dim)
+        self.set_vocabulary(list(vocabulary) if vocabulary is not None
+                            else list(card.get('vocabulary') or []))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str = 'auto', backend: str = 'torch',
+                        text_space: str | None = None,
+                        vocabulary: Sequence[str] | None = None,
+                        onnx_path: str | Path | None = None,
+                        up: Sequence[float] | None = None) -> 'Recognizer':
+        """Load a model directory.
+
+        ``device`` auto|cpu|cuda (CUDA missing -> warning, CPU); ``backend`` torch |
+        onnxruntime | tensorrt (ONNX Runtime with the TensorRT EP first). The ONNX graph
+        is ``onnx_path``, else ``<model>/encoder.onnx``, else exported on the fly.
+        ``text_space`` must equal the checkpoint's or ModelError is raised.
+        """
+        from p3d_perception.model.checkpoint import load_model
+        if backend not in BACKENDS:
+            raise ModelError(f'unknown backend {backend!r}; use one of {BACKENDS}')
+        dev = resolve_device(device)
+        model, card = load_model(path, text_space=text_space, device='cpu')
+        runtime = None
+        if backend == 'torch':
+            model.to(dev)
+        else:
+            onnx = Path(onnx_path) if onnx_path else Path(path) / 'encoder.onnx'
+            if not onnx.is_file():
+                if onnx_path:
+                    raise ModelError(f'ONNX encoder not found: {onnx}')
+                from p3d_perception.training.export import export_onnx_cached
+                onnx = export_onnx_cached(model, path)
+            ep = 'tensorrt' if backend == 'tensorrt' else ('cuda' if dev != 'cpu' else 'cpu')
+            runtime = OnnxRuntime(onnx, ep)
+            dev = runtime.device
+        LOG.info('recognizer: %s (%s, text space %s, %d labels)', card.get('name'),
+                 backend, card.get('text_space'), len(card.get('vocabulary') or []))
+        return cls(model, card, device=dev, backend=backend, runtime=runtime,
+                   vocabulary=vocabulary, up=up)
+
+    # ------------------------------------------------------------------ vocabulary
+    def set_up_vector(self, up: Sequence[float] | None) -> None:
+        """Gravity 'up' of the incoming clusters' frame (e.g. support plane normal)."""
+        self._up_rot = None if up is None else _rotation_to_z(np.asarray(up))
+
+    @torch.no_grad()
+    def _prototype(self, label: str) -> torch.Tensor:
+        if label not in self._proto_cache:
+            if label in self._prompt_labels:
+                self.model.prompt.to('cpu')
+                p = self.model.prompt_prototypes([label])[0].float().cpu()
+            else:
+                p = self._space.prototypes([label])[0].float().cpu()
+            self._proto_cache[label] = p
+        return self._proto_cache[label]
+
+    def set_vocabulary(self, labels: Sequence[str]) -> None:
+        """Labels to classify into. Prompt-tuned prototypes where the label was trained,
+        template-averaged zero-shot text features otherwise; both cached."""
+        if isinstance(labels, str):
+            raise InputError('set_vocabulary expects a list of labels, not one string')
+        clean: list[str] = []
+        for label in labels:
+            c = _canonical(label)
+            if not c:
+                raise InputError('vocabulary labels must be non-empty strings')
+            if c not in clean:
+                clean.append(c)
+        if not clean:
+            raise InputError('vocabulary must contain at least one label')
+        with self._lock:
+            protos = torch.stack([self._prototype(c) for c in clean])
+            self.vocabulary = clean
+            self._protos = protos
+            self._text_protos = self._space.prototypes(clean).float().cpu()
+
+    # ------------------------------------------------------------------ embeddings
+    def _prepare(self, points, colors):
+        if isinstance(points, np.ndarray) and points.ndim == 2:
+            points = [points]
+            colors = None if colors is None else [colors]
+        points = list(points)
+        if colors is not None:
+            colors = list(colors)
+            if len(colors) != len(points):
+                raise InputError(f'{len(points)} clusters but {len(colors)} color arrays')
+        if self._up_rot is not None:
+            rot = self._up_rot.T.astype(np.float32)
+            points = [np.asarray(p, np.float32) @ rot for p in points]
+        return points, colors
+
+    @torch.no_grad()
+    def _embed_tensor(self, points, colors) -> torch.Tensor:
+        points, colors = self._prepare(points, colors)
+        if not points:
+            return torch.zeros(0, self._space.dim)
+        grouping = self.model.cfg.grouping
+        out = []
+        for s in range(0, len(points), MAX_BATCH):
+            cols = None if colors is None else colors[s:s + MAX_BATCH]
+            rng = np.random.default_rng(self._rng_seed)
+            dev = self.device if self.backend == 'torch' else 'cpu'
+            batch = prepare_batch(points[s:s + MAX_BATCH], cols, grouping, rng, dev)
+            out.append(self._runtime(batch.patches, batch.centers, batch.scale).float().cpu())
+        return torch.cat(out)
+
+    def embed(self, points, colors=None) -> np.ndarray:
+        """(B, D) float32 L2-normalised embeddings, one batched encoder call."""
+        return self._embed_tensor(points, colors).numpy().astype(np.float32)
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """(T, D) float32 L2-normalised text features (template-averaged, cached)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        clean = [_canonical(t) for t in texts]
+        if any(not t for t in clean):
+            raise InputError('texts must be non-empty strings')
+        if not clean:
+            return np.zeros((0, self._space.dim), np.float32)
+        with self._lock:
+            return self._space.prototypes(clean).numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------ classification
+    def _label_probs(self, emb: torch.Tensor) -> torch.Tensor:
+        scale = self.model.scale().item()
+        return (scale * emb @ self._protos.T).softmax(dim=-1)
+
+    def classify(self, points, colors=None, *, top_k: int = 5,
+                 unknown_threshold: float = 0.0) -> list[Recognition]:
+        """Label every cluster of a frame in one batched encoder call.
+
+        ``score`` is the softmax probability over the vocabulary (see module doc);
+        ``label`` becomes 'unknown' when it is below ``unknown_threshold``.
+        """
+        if top_k < 1:
+            raise InputError('top_k must be >= 1')
+        emb = self._embed_tensor(points, colors)
+        if len(emb) == 0:
+            return []
+        with self._lock:
+            probs = self._label_probs(emb)
+            vocab = list(self.vocabulary)
+        k = min(top_k, len(vocab))
+        top = probs.topk(k, dim=-1)
+        out = []
+        for i in range(len(emb)):
+            labels = [vocab[j] for j in top.indices[i].tolist()]
+            scores = [float(s) for s in top.values[i].tolist()]
+            label = labels[0] if scores[0] >= unknown_threshold else UNKNOWN
+            out.append(Recognition(label, scores[0], labels, scores,
+                                   emb[i].numpy().astype(np.float32)))
+        return out
+
+    # ------------------------------------------------------------------ queries
+    def score_query(self, text: str, embeddings: np.ndarray) -> np.ndarray:
+        """(K,) scores in [0, 1]: how well each stored object matches a free-text query.
+
+        max(direct, routed): *direct* is the query's softmax share when it competes with
+        the vocabulary as an extra class (the query itself if it is a vocabulary label);
+        *routed* sums the object's label probabilities weighted by the query's text
+        similarity to each label (a null option absorbs queries unrelated to all labels).
+        """
+        if not isinstance(text, str) or not _canonical(text):
+            raise InputError('query text must be a non-empty string')
+        emb = np.asarray(embeddings, np.float32)
+        if emb.ndim == 1 and emb.size == 0:
+            return np.zeros(0, np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self._space.dim:
+            raise InputError(f'embeddings must have shape (K, {self._space.dim}), got '
+                             f'{emb.shape}')
+        if len(emb) == 0:
+            return np.zeros(0, np.float32)
+        e = F.normalize(torch.from_numpy(emb), dim=-1)
+        q = _canonical(text)
+        with self._lock:
+            protos, vocab, text_protos = self._protos, self.vocabulary, self._text_protos
+            scale = self.model.scale().item()
+            probs = (scale * e @ protos.T).softmax(dim=-1)           # (K, V)
+            qf = torch.from_numpy(self.embed_text([q]))[0]
+            if q.lower() in [v.lower() for v in vocab]:
+                direct = probs[:, [v.lower() for v in vocab].index(q.lower())]
+            else:
+                logits = scale * e @ torch.cat([protos, qf[None]]).T
+                direct = logits.softmax(dim=-1)[:, -1]
+            sim = torch.cat([text_protos @ qf, torch.tensor([QUERY_NULL_SIMILARITY])])
+            w = (sim / QUERY_TEMPERATURE).softmax(dim=0)[:-1]       # (V,)
+            routed = probs @ w
+        return torch.maximum(direct, routed).clamp(0, 1).numpy().astype(np.float32)

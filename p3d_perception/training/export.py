@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,8 @@ def export_encoder(model: P3DModel, out: str | Path, batch: int = 4, opset: int 
     tmp = out.with_name(out.name + '.tmp')
     dyn = {n: {0: 'batch'} for n in INPUT_NAMES}
     dyn[OUTPUT_NAME] = {0: 'batch'}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)   # legacy exporter: dynamic_axes
         torch.onnx.export(enc, (b.patches, b.centers, b.scale), str(tmp),
                           input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
                           dynamic_axes=dyn, opset_version=opset, dynamo=False,

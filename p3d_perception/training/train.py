@@ -343,7 +343,7 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
             parts['loss'] = loss.item()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * len(labels)
-            bar.set_postfix(loss=f'{float(loss):.3f}', acc=f'{parts["acc"]:.2f}')
+            bar.set_postfix(loss=f'{parts["loss"]:.3f}', acc=f'{parts["acc"]:.2f}')
         dt = time.time() - t0
         elapsed += dt
         metrics = quick_eval(model, splits, device)

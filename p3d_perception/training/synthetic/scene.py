@@ -153,22 +153,32 @@ def _yaw_pose(x: float, y: float, z: float, yaw: float) -> np.ndarray:
     return T
 
 
+def _hull(mesh: ObjectMesh) -> np.ndarray:
+    """Convex hull (k, 2) of the object's xy outline, in its own frame (cached)."""
+    h = mesh.__dict__.get('_hull')
+    if h is None:
+        from scipy.spatial import ConvexHull
+        xy = mesh.vertices[:, :2]
+        h = xy[ConvexHull(xy).vertices]
+        mesh.__dict__['_hull'] = h
+    return h
+
+
 def _footprint(mesh: ObjectMesh, T: np.ndarray) -> np.ndarray:
-    """Corners (4, 2) of the object's xy box under pose T (table frame)."""
-    lo, hi = mesh.vertices[:, :2].min(0), mesh.vertices[:, :2].max(0)
-    c = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]]])
-    return c @ T[:2, :2].T + T[:2, 3]
+    """The object's convex xy outline under pose T (table frame)."""
+    return _hull(mesh) @ T[:2, :2].T + T[:2, 3]
 
 
 def _overlap(a: np.ndarray, b: np.ndarray, margin: float) -> bool:
-    """Separating-axis test for two convex quads, grown by ``margin``."""
+    """Separating-axis test for two convex polygons, grown by ``margin``."""
     for poly in (a, b):
-        for i in range(4):
-            e = poly[(i + 1) % 4] - poly[i]
-            n = np.array([-e[1], e[0]]) / (np.linalg.norm(e) + 1e-12)
-            pa, pb = a @ n, b @ n
-            if pa.max() + margin <= pb.min() or pb.max() + margin <= pa.min():
-                return False
+        e = np.roll(poly, -1, axis=0) - poly
+        n = np.column_stack([-e[:, 1], e[:, 0]])
+        n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+        pa, pb = a @ n.T, b @ n.T
+        sep = (pa.max(0) + margin <= pb.min(0)) | (pb.max(0) + margin <= pa.min(0))
+        if sep.any():
+            return False
     return True
 
 
@@ -181,13 +191,15 @@ def _support_top(o: PlacedObject) -> tuple[float, float, float] | None:
         return 0.008 + 0.001, s[0] * 0.22, s[1] * 0.22
     if o.category == 'laptop' and s[2] < 0.05:   # closed
         return float(s[2]), s[0] / 2 - 0.02, s[1] / 2 - 0.02
+    if o.category == 'basket':                   # inside, on its floor
+        return 0.06 * float(s[2]) + 0.001, s[0] * 0.42 - 0.01, s[1] * 0.42 - 0.01
     return None
 
 
 def generate_scene(rng_or_seed=None, *, categories: Sequence[str] | None = None,
                    n_objects: tuple[int, int] | int = (1, 15), clutter: bool = True,
                    support: str = 'table', distractors: tuple[int, int] | None = None,
-                   touch_prob: float = 0.3, stack_prob: float = 0.15,
+                   touch_prob: float = 0.3, stack_prob: float = 0.25,
                    min_gap: float | None = None,
                    table_size: tuple[float, float] | None = None) -> Scene:
     """A random tabletop scene.
@@ -226,7 +238,9 @@ def generate_scene(rng_or_seed=None, *, categories: Sequence[str] | None = None,
     placed: list[PlacedObject] = []
     feet: list[np.ndarray] = []     # footprints of objects standing on the table
     specs = [(str(c), False) for c in rng.choice(cats, n)] + [('unknown', True)] * n_dis
-    order = rng.permutation(len(specs))
+    # things that can carry others go down first, so stacking has somewhere to go
+    carriers_first = {'book', 'plate', 'cereal box', 'laptop', 'basket'}
+    order = sorted(rng.permutation(len(specs)), key=lambda i: specs[i][0] not in carriers_first)
     for idx in order:
         cat, is_dis = specs[idx]
         mesh = make_distractor(rng) if is_dis else make_object(cat, rng)

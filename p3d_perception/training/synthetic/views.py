@@ -422,6 +422,9 @@ def load_object_views(path: str | Path) -> ObjectViews:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'object views file not found: {path}')
+    with path.open('rb') as f:
+        if f.read(4) != b'PK\x03\x04':
+            raise ValueError(f'{path}: cannot read object views (not an .npz archive)')
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = {'points', 'colors', 'offsets', 'labels', 'categories',

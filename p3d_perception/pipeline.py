@@ -141,6 +141,9 @@ class Pipeline:
         clusters.sort(key=lambda c: len(c.indices), reverse=True)
         clusters = clusters[:self.config.max_objects_per_frame]
         recognitions = []
+        set_up = getattr(self.recognizer, 'set_up_vector', None)
+        if seg.planes and set_up is not None:
+            set_up(np.asarray(seg.planes[0][:3]))  # the table's normal is gravity's up
         if clusters:
             recognitions = self.recognizer.classify(
                 [c.points for c in clusters],

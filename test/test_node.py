@@ -25,6 +25,26 @@ from p3d_perception.ros.params import all_specs
 
 pytestmark = pytest.mark.slow
 
+VOCAB = ['box', 'mug', 'bowl', 'apple', 'banana', 'teapot', 'cereal box', 'book']
+
+
+@pytest.fixture(scope='module')
+def tiny_model_dir(tmp_path_factory):
+    """Build a real (small, untrained) MiniLM-space model: these tests check the node."""
+    import torch
+    from p3d_perception.config import from_dict
+    from p3d_perception.model.checkpoint import save_model
+    from p3d_perception.model.config import ModelConfig
+    from p3d_perception.model.factory import create_model
+    torch.manual_seed(0)
+    model = create_model(from_dict(ModelConfig, {
+        'grouping': {'num_points': 128, 'num_groups': 16, 'group_size': 8},
+        'encoder': {'width': 32, 'depth': 1, 'heads': 2, 'patch_hidden': 16}}))
+    out = tmp_path_factory.mktemp('model') / 'tiny'
+    save_model(model, out, vocabulary=VOCAB, prompt_labels=[],
+               training={'command': 'test_node fixture'})
+    return out
+
 
 @pytest.fixture(scope='module')
 def scan_msg_factory(mosd_dir):
@@ -45,10 +65,11 @@ def scan_msg_factory(mosd_dir):
 class Harness:
     """The node under test plus a client node, spun together on a background thread."""
 
-    def __init__(self, context, interfaces, **params):
+    def __init__(self, context, interfaces, model_dir, **params):
         from p3d_perception.ros.node import PerceptionNode
         from rclpy.parameter import Parameter
         msg, srv = interfaces
+        params.setdefault('model_path', str(model_dir))
         overrides = [Parameter(k, value=v) for k, v in params.items()]
         self.node = PerceptionNode(context=context, parameter_overrides=overrides)
         self.client = Node('test_client', context=context)
@@ -96,8 +117,8 @@ class Harness:
 
 
 @pytest.fixture
-def harness(rclpy_context, interfaces):
-    h = Harness(rclpy_context, interfaces)
+def harness(rclpy_context, interfaces, tiny_model_dir):
+    h = Harness(rclpy_context, interfaces, tiny_model_dir)
     yield h
     h.close()
 
@@ -171,10 +192,10 @@ def test_malformed_clouds_are_counted_and_skipped(harness, scan_msg_factory):
                                             datatype=PointField.FLOAT32, count=1)])
     short = scan_msg_factory(harness.node)
     short.data = bytes(short.data)[:1000]
-    for msg in (no_xyz, short):
+    for count, msg in enumerate((no_xyz, short), start=1):  # one at a time: depth-1 QoS
         msg.header.stamp = harness.node.get_clock().now().to_msg()
         harness.pub.publish(msg)
-    assert harness.wait(lambda: harness.node.stats().get('invalid', 0) >= 2)
+        assert harness.wait(lambda: harness.node.stats().get('invalid', 0) >= count)
     good = harness.send(scan_msg_factory(harness.node))  # still running
     assert good.detections
 

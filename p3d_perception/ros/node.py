@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
-from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.msg import ParameterType, SetParametersResult
 from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
@@ -43,6 +44,10 @@ try:  # vision_msgs is optional: publish the standard message too when it is the
 except ImportError:  # pragma: no cover - not installable from PyPI
     Detection3DArray = None
 
+_ARRAY_TYPES = {ParameterType.PARAMETER_STRING_ARRAY: Parameter.Type.STRING_ARRAY,
+                ParameterType.PARAMETER_DOUBLE_ARRAY: Parameter.Type.DOUBLE_ARRAY,
+                ParameterType.PARAMETER_INTEGER_ARRAY: Parameter.Type.INTEGER_ARRAY,
+                ParameterType.PARAMETER_BOOL_ARRAY: Parameter.Type.BOOL_ARRAY}
 #: parameters whose change needs the model reloaded
 _MODEL_PARAMS = ('model_path', 'text_space', 'device', 'backend')
 
@@ -54,8 +59,10 @@ class PerceptionNode(Node):
         super().__init__('p3d_perception', **kwargs)
         self._specs = {s.name: s for s in all_specs()}
         for s in self._specs.values():
-            self.declare_parameter(s.name, s.default, s.descriptor)
-        self._params = {name: self.get_parameter(name).value for name in self._specs}
+            # rclpy cannot infer an array type from an empty list: declare the type itself
+            self.declare_parameter(s.name, _ARRAY_TYPES.get(s.descriptor.type, s.default)
+                                   if s.default == [] else s.default, s.descriptor)
+        self._params = {name: self._read(name) for name in self._specs}
         self._validate_choices(self._params)
         self._stats = collections.Counter()
         self._latency = collections.defaultdict(lambda: collections.deque(maxlen=200))
@@ -117,6 +124,12 @@ class PerceptionNode(Node):
             f'{self._params["backend"]}), {len(rec.vocabulary)} labels; '
             f'service {self.resolve_service_name("query_object")}')
 
+    def _read(self, name: str) -> Any:
+        try:
+            return self.get_parameter(name).value
+        except ParameterUninitializedException:
+            return self._specs[name].default  # a typed, empty array parameter
+
     # ----------------------------------------------------------------- input
     def _on_cloud(self, msg: PointCloud2) -> None:
         self._stats['received'] += 1
@@ -158,15 +171,15 @@ class PerceptionNode(Node):
         age = (self.get_clock().now().nanoseconds - stamp_ns) * 1e-9
         if age > max_age:
             self._stats['dropped_stale'] += 1
-            self.get_logger().warn(f'dropping a frame {age:.2f} s old (max_frame_age_s '
-                                   f'{max_age})', throttle_duration_sec=5.0)
+            self.get_logger().warning(f'dropping a frame {age:.2f} s old (max_frame_age_s '
+                                      f'{max_age})', throttle_duration_sec=5.0)
             return True
         return False
 
     def _count_invalid(self, exc: Exception) -> None:
         self._stats['invalid'] += 1
-        self.get_logger().warn(f'skipping malformed input ({self._stats["invalid"]} so far): '
-                               f'{exc}', throttle_duration_sec=2.0)
+        self.get_logger().warning(f'skipping malformed input ({self._stats["invalid"]} so far): '
+                                  f'{exc}', throttle_duration_sec=2.0)
 
     # ----------------------------------------------------------- processing
     def _process(self, cloud: Cloud) -> None:
@@ -292,7 +305,7 @@ class PerceptionNode(Node):
             self._model_path(values), device=values['device'], backend=values['backend'],
             text_space=values['text_space'] or None)
         if values['device'] == 'cuda' and recognizer.device != 'cuda':
-            self.get_logger().warn('CUDA requested but not available: running on CPU')
+            self.get_logger().warning('CUDA requested but not available: running on CPU')
         return recognizer
 
     # ---------------------------------------------------------------- tf2
@@ -302,8 +315,8 @@ class PerceptionNode(Node):
         try:
             from p3d_perception.ros.transforms import TargetFrame
         except ImportError as exc:
-            self.get_logger().warn(f'tf2_ros is not importable ({exc}): target_frame '
-                                   f'{target_frame!r} ignored, publishing in the sensor frame')
+            self.get_logger().warning(f'tf2_ros is not importable ({exc}): target_frame '
+                                      f'{target_frame!r} ignored, publishing in the sensor frame')
             return None
         return TargetFrame(self, target_frame)
 

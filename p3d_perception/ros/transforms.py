@@ -47,9 +47,9 @@ class TargetFrame:
                                              Time(nanoseconds=cloud.stamp_ns), self.timeout)
         except (tf2_ros.LookupException, tf2_ros.ExtrapolationException,
                 tf2_ros.ConnectivityException) as exc:
-            self.node.get_logger().warn(f'no transform {cloud.frame_id} -> '
-                                        f'{self.target_frame}: {exc}',
-                                        throttle_duration_sec=5.0)
+            self.node.get_logger().warning(f'no transform {cloud.frame_id} -> '
+                                           f'{self.target_frame}: {exc}',
+                                           throttle_duration_sec=5.0)
             return None
         m = _matrix(t.transform)
         points = (cloud.points @ m[:3, :3].T + m[:3, 3]).astype(np.float32)

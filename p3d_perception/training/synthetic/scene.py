@@ -24,7 +24,8 @@ from typing import Sequence
 import numpy as np
 
 from p3d_perception.training.synthetic.camera import (
-    FRAME_ID, CameraModel, apply_depth_model, get_camera, orbit_pose, pixel_directions, rotate)
+    FRAME_ID, CameraModel, apply_depth_model, fast_noise, get_camera, orbit_pose, pixel_directions,
+    rotate)
 from p3d_perception.training.synthetic.catalogue import (
     CATEGORIES, ObjectMesh, box, make_distractor, make_object)
 
@@ -383,8 +384,15 @@ def render(scene: Scene, camera: CameraModel | str = 'd435', rng_or_seed=None, *
     H, W = cam.height, cam.width
     if noise and cam.stereo_shadow and cam.depth_model == 'stereo':
         # pixels the projector / second imager cannot see (one side of every object)
+        # only pixels within the widest possible shadow of an object need a ray
         emitter = eye + R[:, 0] * np.float32(cam.baseline)
-        idx = np.flatnonzero(hitm)
+        obj = (instance > 0).reshape(H, W)
+        reach = int(math.ceil(cam.fx * cam.baseline / max(cam.min_depth, 0.1))) + 2
+        cs = np.zeros((H, W + 2 * reach + 1), np.int32)
+        np.cumsum(obj, axis=1, out=cs[:, reach + 1:W + reach + 1])
+        cs[:, W + reach + 1:] = cs[:, W + reach:W + reach + 1]
+        near = (cs[:, 2 * reach + 1:] - cs[:, :W]) > 0
+        idx = np.flatnonzero(hitm & near.reshape(-1))
         p = eye + dw[idx] * t[idx, None]
         srays = np.empty((len(idx), 6), np.float32)
         srays[:, :3] = p
@@ -410,7 +418,7 @@ def render(scene: Scene, camera: CameraModel | str = 'd435', rng_or_seed=None, *
         n_up = np.abs(nrm[:, 2])
         light = 0.35 + 0.4 * cos + 0.3 * n_up
         c = alb * light[:, None] * rng.normal(1.0, 0.04, 3).astype(np.float32)
-        c += rng.standard_normal(c.shape, dtype=np.float32) * np.float32(cam.colour_noise)
+        c += fast_noise(rng, c.shape) * np.float32(cam.colour_noise)
         c[~hitm] = 0
         colors = np.clip(c, 0, 255).astype(np.uint8)
     T_ct = np.linalg.inv(pose)

@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from p3d_perception.training.synthetic.camera import (
-    CameraModel, apply_depth_model, get_camera, orbit_pose, pixel_directions, rotate)
+    CameraModel, apply_depth_model, fast_noise, get_camera, orbit_pose, pixel_directions, rotate)
 from p3d_perception.training.synthetic.catalogue import CATEGORIES, make_object
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def _shade(albedo: np.ndarray, cos_view: np.ndarray, n_up: np.ndarray, cam: Came
     """Lambert shading (headlight + overhead light) with sensor colour noise."""
     light = 0.35 + 0.4 * cos_view + 0.3 * np.clip(n_up, 0.0, 1.0)
     c = albedo * light[..., None] * gain
-    c += rng.standard_normal(c.shape, dtype=np.float32) * np.float32(cam.colour_noise)
+    c += fast_noise(rng, c.shape) * np.float32(cam.colour_noise)
     return np.clip(c, 0, 255).astype(np.uint8)
 
 

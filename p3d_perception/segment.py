@@ -216,9 +216,13 @@ def _ransac_planes(points: np.ndarray, cfg: SegmentationConfig, rng: np.random.G
         n, d = n[keep], d[keep]
         if n.shape[0] == 0:
             break
+        # preemptive scoring: every hypothesis on a few points, the best few on more
+        pre = sub[rng.integers(0, idx.size, size=min(idx.size, 256))]
+        votes = (np.abs(pre @ n.T + d) < cfg.plane_distance).sum(axis=0)
+        top = np.argsort(-votes, kind='stable')[:16]
         score_idx = rng.integers(0, idx.size, size=min(idx.size, 2000))
-        dist = np.abs(sub[score_idx] @ n.T + d)
-        best = int(np.argmax((dist < cfg.plane_distance).sum(axis=0)))
+        dist = np.abs(sub[score_idx] @ n[top].T + d[top])
+        best = int(top[np.argmax((dist < cfg.plane_distance).sum(axis=0))])
         bn, bd, inl_sub = _refit(sub, n[best], float(d[best]), cfg.plane_distance)
         if bn @ up < cos_tol or inl_sub.sum() < cfg.plane_min_points:
             break
@@ -350,35 +354,30 @@ def _organized_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
 
 def _grid_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
                  cfg: SegmentationConfig, stride: int, timings: dict) -> np.ndarray:
+    """Components of the candidate pixels; cut pixels rejoin a close neighbour after.
+
+    Depth-gap tests become two edge masks (right, down) computed once by slicing, and
+    the rejoin sweeps reuse them, so no full-grid shifted copies are made per sweep.
+    """
     t0 = time.perf_counter()
+    grid = grid.astype(np.float32, copy=False)
     rng_ = _norm3(grid)
-    thr = cfg.cluster_tolerance * np.maximum(rng_, 0.5) * max(1.0, stride / 2.0)
-    gridz = np.where(valid[..., None], grid, np.nan)
-    cut = np.zeros(cand.shape, dtype=bool)
-    for dv, du in ((0, 1), (1, 0)):
-        nb = _shift(gridz, dv, du, np.nan)
-        gap = _norm3(nb - gridz)
-        with np.errstate(invalid='ignore'):
-            cut |= ~(gap <= thr)  # NaN neighbour counts as a gap
+    thr = (np.float32(cfg.cluster_tolerance * max(1.0, stride / 2.0))
+           * np.maximum(rng_, np.float32(0.5)))
+    # edge masks: ok_r[v, u] links (v, u)-(v, u+1), ok_d[v, u] links (v, u)-(v+1, u);
+    # an invalid end (NaN) counts as a gap
+    with np.errstate(invalid='ignore'):
+        ok_r = _norm3(grid[:, 1:] - grid[:, :-1]) <= thr[:, :-1]
+        ok_d = _norm3(grid[1:] - grid[:-1]) <= thr[:-1]
+        ok_r &= valid[:, 1:] & valid[:, :-1]
+        ok_d &= valid[1:] & valid[:-1]
+    cut = ~valid.copy()
+    cut[:, :-1] |= ~ok_r
+    cut[:, -1] = True
+    cut[:-1] |= ~ok_d
+    cut[-1] = True
     if cfg.concave_cut:
-        # pixel radius matching crease_radius at each pixel's range (median range)
-        med = float(np.nanmedian(rng_[cand])) if cand.any() else 1.0
-        focal_px = _focal_estimate(grid, valid) / stride
-        r_px = int(np.clip(round(cfg.crease_radius * focal_px / max(med, 1e-3)), 1, 8))
-        big, cnt = _box_mean(grid, valid, r_px)
-        small, _ = _box_mean(grid, valid, 1)
-        dx = _shift(small, 0, r_px, np.nan) - _shift(small, 0, -r_px, np.nan)
-        dy = _shift(small, r_px, 0, np.nan) - _shift(small, -r_px, 0, np.nan)
-        n = np.cross(dx, dy)
-        with np.errstate(invalid='ignore', divide='ignore'):
-            n /= _norm3(n)[..., None]
-            # orient toward the sensor
-            flip = (n * (np.asarray(cfg.viewpoint, np.float32) - small)).sum(axis=2) < 0
-            n[flip] *= -1
-            radius_m = cfg.crease_radius
-            conc = ((big - small) * n).sum(axis=2) / radius_m
-            crease = (conc > cfg.crease_threshold) & (cnt > 0.5 * (2 * r_px + 1) ** 2)
-        cut |= crease
+        cut |= _creases(grid, cand, valid, rng_, cfg, stride)
     core = cand & ~cut
     timings['cuts'] = (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()
@@ -386,23 +385,47 @@ def _grid_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
     labels -= 1  # -1 background
     # give cut candidate pixels the label of a close 4-neighbour (a few sweeps)
     todo = cand & (labels < 0)
+    h, w = labels.shape
+    # (target slice, source slice, edge mask) for right, down, left, up neighbours
+    moves = ((np.s_[:, :-1], np.s_[:, 1:], ok_r), (np.s_[:-1], np.s_[1:], ok_d),
+             (np.s_[:, 1:], np.s_[:, :-1], ok_r), (np.s_[1:], np.s_[:-1], ok_d))
     for _ in range(3 * max(1, 4 // stride)):
         if not todo.any():
             break
         changed = False
-        for dv, du in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-            nl = _shift(labels, dv, du, -1)
-            nb = _shift(gridz, dv, du, np.nan)
-            with np.errstate(invalid='ignore'):
-                ok = todo & (nl >= 0) & (_norm3(nb - gridz) <= thr)
+        for dst, src, edge in moves:
+            nl = labels[src]
+            ok = todo[dst] & (nl >= 0) & edge
             if ok.any():
-                labels[ok] = nl[ok]
-                todo &= ~ok
+                labels[dst][ok] = nl[ok]
+                todo[dst] &= ~ok
                 changed = True
         if not changed:
             break
     timings['components'] = (time.perf_counter() - t0) * 1e3
     return labels
+
+
+def _creases(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray, rng_: np.ndarray,
+             cfg: SegmentationConfig, stride: int) -> np.ndarray:
+    """Concave-crease pixels: the neighbourhood mean lies on the open side of the surface."""
+    # pixel radius matching crease_radius at the candidates' median range
+    med = float(np.nanmedian(rng_[cand])) if cand.any() else 1.0
+    focal_px = _focal_estimate(grid, valid) / stride
+    r_px = int(np.clip(round(cfg.crease_radius * focal_px / max(med, 1e-3)), 1, 8))
+    big, cnt = _box_mean(grid, valid, r_px)
+    small, _ = _box_mean(grid, valid, 1)
+    dx = _shift(small, 0, r_px, np.nan) - _shift(small, 0, -r_px, np.nan)
+    dy = _shift(small, r_px, 0, np.nan) - _shift(small, -r_px, 0, np.nan)
+    n = np.cross(dx, dy)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        n /= _norm3(n)[..., None]
+        # orient toward the sensor
+        nt = n.transpose(2, 0, 1)
+        flip = _dot3(np.asarray(cfg.viewpoint, np.float32) - small, nt) < 0
+        n[flip] *= -1
+        conc = _dot3(big - small, nt) / cfg.crease_radius
+        return (conc > cfg.crease_threshold) & (cnt > 0.5 * (2 * r_px + 1) ** 2)
 
 
 def _focal_estimate(grid: np.ndarray, valid: np.ndarray) -> float:

@@ -19,8 +19,8 @@ import pytest
 from p3d_perception.cloud import Cloud, CloudError, pack_cloud, read_pcd
 from p3d_perception.config import ConfigError, from_dict
 from p3d_perception.segment import (
-    SegmentationConfig, Segmenter, find_support_planes, match_instances, mosd_ground_truth,
-    oriented_box, segment)
+    OPTICAL_UP_HINT, SegmentationConfig, Segmenter, find_support_planes, match_instances,
+    mosd_ground_truth, oriented_box, segment)
 
 REPO = Path(__file__).resolve().parents[1]
 MOSD = REPO / '..' / 'shared' / 'data' / 'mosd_learn'
@@ -266,3 +266,22 @@ def test_cli_eval_segmentation_writes_json_and_png(tmp_path):
     assert res['overall']['table_removed'] > 0.99
     assert res['scenes'][0]['scene'] == 'learn20'
     assert png.read_bytes()[:4] == b'\x89PNG'
+
+
+def test_support_plane_found_when_clutter_outnumbers_it():
+    """Preemptive RANSAC scoring must still pick the table when it is a minority."""
+    rng = np.random.default_rng(3)
+    up = np.asarray(OPTICAL_UP_HINT)
+    a = np.cross(up, [1.0, 0, 0])
+    a /= np.linalg.norm(a)
+    b = np.cross(up, a)
+    centre = np.array([0.0, 0.0, 1.2])
+    uv = rng.uniform(-0.4, 0.4, size=(6000, 2))
+    table = centre + uv[:, :1] * a + uv[:, 1:] * b + rng.normal(0, 0.002, (6000, 1)) * up
+    clutter = centre + rng.uniform(-0.4, 0.4, size=(14000, 3))  # 70% of the points
+    pts = np.vstack([table, clutter]).astype(np.float32)
+    planes = find_support_planes(pts, SegmentationConfig(prefer_highest=False))
+    assert planes, 'no plane found'
+    n, d = planes[0][:3], planes[0][3]
+    assert n @ up > np.cos(np.radians(3))
+    assert abs(centre @ n + d) < 0.005

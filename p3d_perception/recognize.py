@@ -94,6 +94,11 @@ class Recognizer:
         self._runtime = runtime or TorchRuntime(model.encoder, device)
         self._space = model.space
         self._prompt_labels = set(card.get('prompt_labels') or [])
+        training = card.get('training') or {}
+        #: labels whose classes the encoder was trained on (they get the seen-class bias)
+        self._trained_labels = set(training.get('train_categories') or []) | \
+            self._prompt_labels
+        self.seen_bias = float((card.get('open_vocab') or {}).get('seen_bias', 0.0))
         self._proto_cache: dict[str, torch.Tensor] = {}
         self._lock = threading.RLock()
         self._rng_seed = 0
@@ -177,6 +182,8 @@ class Recognizer:
             self.vocabulary = clean
             self._protos = protos
             self._text_protos = self._space.prototypes(clean).float().cpu()
+            self._bias = torch.tensor([self.seen_bias if c in self._trained_labels else 0.0
+                                       for c in clean])
 
     # ------------------------------------------------------------------ embeddings
     def _prepare(self, points, colors):
@@ -225,9 +232,22 @@ class Recognizer:
             return self._space.prototypes(clean).numpy().astype(np.float32)
 
     # ------------------------------------------------------------------ classification
+    def label_logits(self, emb: torch.Tensor, protos: torch.Tensor | None = None,
+                     seen_bias: bool = True) -> torch.Tensor:
+        """(B, V) logits: temperature x (cosine - seen-class bias).
+
+        The bias (calibrated stacking) is subtracted from labels the encoder was trained
+        on, offsetting the pull of trained classes on objects of new categories; its
+        value comes from the model card (chosen on seen-class validation data only).
+        """
+        protos = self._protos if protos is None else protos
+        cos = emb @ protos.T
+        if seen_bias and self.seen_bias and protos is self._protos:
+            cos = cos - self._bias
+        return self.model.scale().item() * cos
+
     def _label_probs(self, emb: torch.Tensor) -> torch.Tensor:
-        scale = self.model.scale().item()
-        return (scale * emb @ self._protos.T).softmax(dim=-1)
+        return self.label_logits(emb).softmax(dim=-1)
 
     def classify(self, points, colors=None, *, top_k: int = 5,
                  unknown_threshold: float = 0.0) -> list[Recognition]:
@@ -279,12 +299,14 @@ class Recognizer:
         with self._lock:
             protos, vocab, text_protos = self._protos, self.vocabulary, self._text_protos
             scale = self.model.scale().item()
-            probs = (scale * e @ protos.T).softmax(dim=-1)           # (K, V)
+            probs = self._label_probs(e)                              # (K, V)
             qf = torch.from_numpy(self.embed_text([q]))[0]
             if q.lower() in [v.lower() for v in vocab]:
                 direct = probs[:, [v.lower() for v in vocab].index(q.lower())]
             else:
-                logits = scale * e @ torch.cat([protos, qf[None]]).T
+                bias = torch.cat([self._bias if self.seen_bias else torch.zeros(len(vocab)),
+                                  torch.zeros(1)])
+                logits = scale * (e @ torch.cat([protos, qf[None]]).T - bias)
                 direct = logits.softmax(dim=-1)[:, -1]
             sim = torch.cat([text_protos @ qf, torch.tensor([QUERY_NULL_SIMILARITY])])
             w = (sim / QUERY_TEMPERATURE).softmax(dim=0)[:-1]       # (V,)

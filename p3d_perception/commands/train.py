@@ -64,10 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument('--views-per-category', type=int, default=30)
     e.add_argument('--categories', nargs='*', default=None,
                    help='categories to test (default: the model vocabulary)')
-    e.add_argument('--no-prompt', action='store_true',
-                   help='zero-shot prototypes for every label (ignore the prompt head)')
     e.add_argument('--camera', default='d435')
     e.add_argument('--out', default=None, help='report folder (default <model>/eval)')
+    e.add_argument('--calibrate', action='store_true',
+                   help='first choose the seen-class bias on seen-class validation views and '
+                        'store it in the card')
     e.add_argument('--update-card', action='store_true',
                    help='write the summary into the model card metrics')
     e.add_argument('--device', default='cpu')

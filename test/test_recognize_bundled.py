@@ -1,0 +1,113 @@
+# Copyright 2026 The p3d_perception Authors
+# SPDX-License-Identifier: Apache-2.0
+"""The bundled model through the public Recognizer API on freshly generated views."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from p3d_perception.recognize import InputError, Recognition, Recognizer
+
+MODEL = Path(__file__).resolve().parents[1] / 'models' / 'p3d_minilm_small'
+DRINKWARE = ('mug', 'cup', 'wine glass')
+OTHER = ('hammer', 'drill', 'book', 'banana', 'shoe', 'laptop')
+
+
+@pytest.fixture(scope='module')
+def rec():
+    if not (MODEL / 'model.safetensors').is_file():
+        pytest.fail(f'bundled model missing at {MODEL}')
+    return Recognizer.from_checkpoint(MODEL, device='cpu')
+
+
+@pytest.fixture(scope='module')
+def views():
+    from p3d_perception.training.synthetic import CATEGORIES, generate_object_views
+    return generate_object_views(list(CATEGORIES), 4, seed=4242)   # unseen seed/instances
+
+
+def test_bundled_card_is_complete(rec):
+    card = rec.card
+    assert card['text_space'] == 'minilm' == rec.text_space
+    assert card['training']['command'].startswith('p3d train pretrain')
+    assert card['training']['prompt']['command'].startswith('p3d train prompt')
+    assert len(card['training']['held_out_categories']) >= 6
+    assert len(card['training']['train_categories']) >= 24
+    assert (MODEL / 'model.safetensors').stat().st_size < 8 * 2 ** 20
+
+
+def test_bundled_model_beats_chance_by_far(rec, views):
+    cats = list(views.categories)
+    rec.set_vocabulary(cats)
+    pts = [views.view(i)[0] for i in range(len(views))]
+    cols = [views.view(i)[1] for i in range(len(views))]
+    labels = np.array([views.view(i)[2] for i in range(len(views))])
+    res = rec.classify(pts, cols, top_k=5)
+    assert len(res) == len(pts) and isinstance(res[0], Recognition)
+    trained = set(rec.card['training']['train_categories'])
+    seen = np.array([cats[y] in trained for y in labels])
+    top1 = np.array([r.label == cats[y] for r, y in zip(res, labels)])
+    top5 = np.array([cats[y] in r.top_labels for r, y in zip(res, labels)])
+    chance = 1 / len(cats)
+    assert top1[seen].mean() > 0.6 > 10 * chance
+    assert top5.mean() > 0.6
+    for r in res[:5]:
+        assert abs(np.linalg.norm(r.embedding) - 1) < 1e-4
+        assert r.top_scores == sorted(r.top_scores, reverse=True)
+        assert 0 <= r.score <= 1 and r.label == r.top_labels[0]
+    # xyz-only input (colour dropped in training) still works well
+    res_xyz = rec.classify(pts, None)
+    top1_xyz = np.array([r.label == cats[y] for r, y in zip(res_xyz, labels)])
+    assert top1_xyz[seen].mean() > 0.5
+
+
+def test_queries_rank_drinkware_first(rec, views):
+    cats = list(views.categories)
+    rec.set_vocabulary(cats)
+    idx = [i for i in range(len(views)) if cats[views.view(i)[2]] in DRINKWARE + OTHER]
+    emb = rec.embed([views.view(i)[0] for i in idx], [views.view(i)[1] for i in idx])
+    names = [cats[views.view(i)[2]] for i in idx]
+    scores = rec.score_query('something to drink from', emb)
+    assert scores.shape == (len(idx),) and ((scores >= 0) & (scores <= 1)).all()
+    drink = np.array([n in DRINKWARE for n in names])
+    assert scores[drink].mean() > 2 * scores[~drink].mean()
+    mug = rec.score_query('mug', emb)
+    assert mug[np.array([n == 'mug' for n in names])].mean() > mug[~drink].mean()
+    assert rec.score_query('mug', np.zeros((0, emb.shape[1]), np.float32)).shape == (0,)
+
+
+def test_vocabulary_text_and_bad_input(rec, caplog):
+    rec.set_vocabulary(['mug', 'toaster', 'mug'])
+    assert rec.vocabulary == ['mug', 'toaster']
+    t = rec.embed_text(['a red mug', 'toaster'])
+    assert t.shape == (2, 384) and np.allclose(np.linalg.norm(t, axis=1), 1, atol=1e-5)
+    with pytest.raises(InputError):
+        rec.set_vocabulary([])
+    with pytest.raises(InputError):
+        rec.classify([np.zeros((10, 2), np.float32)])
+    with pytest.raises(InputError):
+        rec.score_query('mug', np.zeros((3, 5), np.float32))
+    with pytest.raises(InputError):
+        rec.score_query('  ', np.zeros((1, 384), np.float32))
+    if not torch.cuda.is_available():
+        with caplog.at_level(logging.WARNING):
+            r = Recognizer.from_checkpoint(MODEL, device='cuda')
+        assert r.device == 'cpu' and 'CUDA' in caplog.text
+
+
+def test_up_vector_rotates_clusters_into_gravity_frame(rec, views):
+    from scipy.spatial.transform import Rotation
+    rec.set_vocabulary(list(views.categories))
+    pts = [views.view(i)[0] for i in range(0, len(views), 9)]
+    ref = rec.embed(pts)
+    rot = Rotation.from_euler('x', -90, degrees=True).as_matrix().astype(np.float32)
+    turned = [p @ rot.T for p in pts]          # z-up -> y-down-like frame
+    up = rot @ np.array([0, 0, 1.0])
+    rec.set_up_vector(up)
+    try:
+        np.testing.assert_allclose(rec.embed(turned), ref, atol=1e-3)
+    finally:
+        rec.set_up_vector(None)

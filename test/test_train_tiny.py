@@ -85,3 +85,27 @@ def test_tiny_pretrain_reduces_loss_resumes_and_prompt_tunes(tmp_path, monkeypat
     prompt_rows = [r for r in _rows(out / 'log.csv') if r['stage'] == 'prompt']
     assert prompt_rows and float(prompt_rows[-1]['loss']) < float(prompt_rows[0]['loss']) + 0.05
     assert 'prompt_val_top1_seen' in card['metrics']
+
+
+def test_openclip_random_space_trains_with_rendered_images(tmp_path):
+    """Point<->text and point<->image (CG3D visual prompts) losses on the OpenCLIP path."""
+    cfg = _cfg(tmp_path, epochs=2)
+    cfg.model.text_space = 'openclip:p3d-tiny/random'
+    cfg.loss.image_size = 32
+    out = pretrain(cfg, tmp_path / 'oc', command='test openclip')
+    rows = _rows(out / 'log.csv')
+    assert all(r['image'] for r in rows)             # image loss was computed
+    import torch
+    from p3d_perception.model.checkpoint import load_model
+    from p3d_perception.model.factory import create_model
+    m, _ = load_model(out)
+    torch.manual_seed(cfg.seed)                      # same init as the run
+    init = create_model(cfg.model)
+    assert not torch.allclose(m.prompt.visual, init.prompt.visual)   # CG3D prompts learned
+    assert torch.allclose(m.prompt.ctx, init.prompt.ctx)             # text head untouched
+    from p3d_perception.recognize import Recognizer
+    rec = Recognizer.from_checkpoint(out, device='cpu')
+    assert rec.text_space == 'openclip:p3d-tiny/random'
+    rng = np.random.default_rng(0)
+    res = rec.classify([rng.normal(size=(300, 3)).astype(np.float32) * 0.05])
+    assert res[0].embedding.shape == (64,) and res[0].label in CATS

@@ -276,14 +276,15 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     torch.manual_seed(cfg.seed)
     splits = build_splits(cfg)
     model = create_model(cfg.model).to(device)
-    for p in model.prompt.parameters():
-        p.requires_grad_(False)
+    image_size = cfg.loss.image_size if model.space.has_image_tower else 0
+    model.prompt.ctx.requires_grad_(False)          # the text head is tuned in stage 'prompt'
+    if model.prompt.visual is not None and not image_size:
+        model.prompt.visual.requires_grad_(False)   # CG3D visual prompts learn with images
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': cfg.optim.weight_decay},
                              {'params': no_decay, 'weight_decay': 0.0}], lr=cfg.optim.lr)
-    image_size = cfg.loss.image_size if model.space.has_image_tower else 0
     batcher = ViewBatcher(*splits.train, cfg.model.grouping, cfg.augment,
                           cfg.optim.batch_size, cfg.seed, image_size)
     total = cfg.optim.epochs * len(batcher)

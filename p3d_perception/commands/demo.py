@@ -86,6 +86,8 @@ def _start_node(model: str, env: dict) -> subprocess.Popen:
     from p3d_perception.resources import default_params_file
     cmd = [sys.executable, '-m', 'p3d_perception.ros.node', '--ros-args',
            '--params-file', str(default_params_file()), '-p', 'max_frame_age_s:=0.0',
+           # 5 MB frames between processes: best effort loses Fast DDS fragments under load
+           '-p', 'input_qos:=reliable',
            '-r', f'points:={CLOUD_TOPIC}']
     if model:
         cmd += ['-p', f'model_path:={model}']
@@ -143,8 +145,9 @@ class _Session:
 
     def __init__(self, node_proc: subprocess.Popen, timeout: float) -> None:
         import rclpy
+        import rclpy.executors
         from rclpy.node import Node
-        from rclpy.qos import qos_profile_sensor_data
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import PointCloud2
         import p3d_perception_interfaces.msg as p3d_msg
         import p3d_perception_interfaces.srv as p3d_srv
@@ -153,7 +156,10 @@ class _Session:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = Node('p3d_demo', context=self.context)
-        self.pub = self.node.create_publisher(PointCloud2, CLOUD_TOPIC, qos_profile_sensor_data)
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.pub = self.node.create_publisher(
+            PointCloud2, CLOUD_TOPIC, QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
         self.latest = None
         self.node.create_subscription(p3d_msg.DetectionArray, '/p3d/detections',
                                       self._on_detections, 10)
@@ -168,7 +174,7 @@ class _Session:
     def _spin(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            self.rclpy.spin_once(self.node, timeout_sec=0.02)
+            self.executor.spin_once(timeout_sec=0.02)
 
     def _wait(self, predicate, what: str) -> None:
         deadline = time.monotonic() + self.timeout
@@ -178,7 +184,7 @@ class _Session:
                                    f'while waiting for {what}:\n{self.proc.stdout.read()}')
             if time.monotonic() > deadline:
                 raise TimeoutError(f'timed out after {self.timeout:.0f} s waiting for {what}')
-            self.rclpy.spin_once(self.node, timeout_sec=0.05)
+            self.executor.spin_once(timeout_sec=0.05)
 
     def play(self, clouds, rate: float):
         from p3d_perception.cloud import pointcloud2_to_cloud
@@ -202,5 +208,6 @@ class _Session:
         return future.result()
 
     def close(self) -> None:
+        self.executor.shutdown()
         self.node.destroy_node()
         self.rclpy.shutdown(context=self.context)

@@ -35,6 +35,11 @@ def easy_bag(tmp_path_factory):
     return path, frames
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    'known gap (issue 4 stays open): with segment() defaults 8 of 22 separated synthetic '
+    'objects score IoU < 0.8 (mug/pitcher handles and cup interiors split off, the bottom '
+    '1.2 cm is cut with the table, drill and teddy bear parts split); strict, so a fix '
+    'turns this into a failure that asks for the mark to be removed'))
 def test_segmentation_recovers_separated_objects(easy_bag):
     path, frames = easy_bag
     clouds = list(bagio.iter_clouds(path))

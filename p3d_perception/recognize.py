@@ -164,8 +164,11 @@ class Recognizer:
         return self._proto_cache[label]
 
     def set_vocabulary(self, labels: Sequence[str]) -> None:
-        """Labels to classify into. Prompt-tuned prototypes where the label was trained,
-        template-averaged zero-shot text features otherwise; both cached."""
+        """Set the labels to classify into.
+
+        Prompt-tuned prototypes where the label was trained, template-averaged zero-shot
+        text features otherwise; both cached.
+        """
         if isinstance(labels, str):
             raise InputError('set_vocabulary expects a list of labels, not one string')
         clean: list[str] = []

@@ -79,11 +79,7 @@ def save_model(model: P3DModel, out_dir: str | Path, *, vocabulary: list[str],
         'temperature': float(1.0 / model.scale().item()),
         'vocabulary': list(vocabulary),
         'prompt_labels': list(prompt_labels),
-        'parameters': {
-            'encoder': int(sum(p.numel() for p in model.encoder.parameters())),
-            'encoder_trainable': int(sum(p.numel() for p in model.encoder.parameters()
-                                         if p.requires_grad)),
-        },
+        'parameters': _parameter_counts(model),
         'training': training or {},
         'metrics': metrics or {},
         'weights': {'file': WEIGHTS, 'sha256': _sha256(weights)},
@@ -92,6 +88,18 @@ def save_model(model: P3DModel, out_dir: str | Path, *, vocabulary: list[str],
                                                   allow_unicode=True).encode('utf-8'))
     LOG.info('saved model to %s', out)
     return out
+
+
+def _parameter_counts(model: P3DModel) -> dict[str, Any]:
+    """Encoder size and its trained share (frozen lens backbones excluded)."""
+    frozen = tuple(getattr(model.encoder, 'frozen_prefixes', ()))
+    total = trained = 0
+    for name, p in model.encoder.named_parameters():
+        total += p.numel()
+        trained += 0 if frozen and name.startswith(frozen) else p.numel()
+    return {'encoder': int(total), 'encoder_trained': int(trained),
+            'encoder_trained_share': round(trained / max(total, 1), 4),
+            'prompt_context': int(model.prompt.ctx.numel())}
 
 
 def update_card(model_dir: str | Path, **fields: Any) -> dict:

@@ -133,12 +133,14 @@ class Recognizer:
         if backend == 'torch':
             model.to(dev)
         else:
-            onnx = Path(onnx_path) if onnx_path else Path(path) / 'encoder.onnx'
+            from p3d_perception.model.checkpoint import resolve_model_dir
+            model_dir = resolve_model_dir(path)
+            onnx = Path(onnx_path) if onnx_path else model_dir / 'encoder.onnx'
             if not onnx.is_file():
                 if onnx_path:
                     raise ModelError(f'ONNX encoder not found: {onnx}')
                 from p3d_perception.training.export import export_onnx_cached
-                onnx = export_onnx_cached(model, path)
+                onnx = export_onnx_cached(model, model_dir)
             ep = 'tensorrt' if backend == 'tensorrt' else ('cuda' if dev != 'cpu' else 'cpu')
             runtime = OnnxRuntime(onnx, ep)
             dev = runtime.device

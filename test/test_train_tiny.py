@@ -86,6 +86,18 @@ def test_tiny_pretrain_reduces_loss_resumes_and_prompt_tunes(tmp_path, monkeypat
     assert prompt_rows and float(prompt_rows[-1]['loss']) < float(prompt_rows[0]['loss']) + 0.05
     assert 'prompt_val_top1_seen' in card['metrics']
 
+    # fine-tuning starts from the trained weights: its first epoch beats scratch's first
+    ft = _cfg(tmp_path, epochs=1)
+    ft.init_from = str(out)
+    pretrain(ft, tmp_path / 'ft', command='test finetune')
+    assert float(_rows(tmp_path / 'ft' / 'log.csv')[0]['loss']) < losses[0]
+    assert read_card(tmp_path / 'ft')['training']['init_from'] == str(out)
+    bad = _cfg(tmp_path, epochs=1)
+    bad.init_from = str(out)
+    bad.model.encoder.width = 48
+    with pytest.raises(Exception, match='model config differs'):
+        pretrain(bad, tmp_path / 'bad', command='x')
+
 
 def test_openclip_random_space_trains_with_rendered_images(tmp_path):
     """Point<->text and point<->image (CG3D visual prompts) losses on the OpenCLIP path."""

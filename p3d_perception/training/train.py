@@ -88,6 +88,7 @@ class TrainConfig:
     amp: bool = True                    # mixed precision on CUDA (ignored on CPU)
     num_threads: int = 0                # torch CPU threads (0 = torch default)
     max_steps: int = 0                  # stop early after this many steps (0 = all epochs)
+    init_from: str = ''                 # model dir to start from (fine-tuning); same model cfg
 
     def validate(self) -> None:
         if self.device not in ('auto', 'cpu', 'cuda'):
@@ -275,7 +276,15 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     splits = build_splits(cfg)
-    model = create_model(cfg.model).to(device)
+    model = create_model(cfg.model)
+    if cfg.init_from and not resume:
+        init, init_card = load_model(cfg.init_from)
+        if to_dict(init.cfg) != to_dict(cfg.model):
+            raise ConfigError(f'init_from {cfg.init_from}: its model config differs from '
+                              'this config\'s model section; copy it from the model card')
+        model.load_state_dict(init.state_dict())
+        LOG.info('initialised from %s', cfg.init_from)
+    model.to(device)
     image_size = cfg.loss.image_size if model.space.has_image_tower else 0
     model.prompt.ctx.requires_grad_(False)          # the text head is tuned in stage 'prompt'
     if model.prompt.visual is not None and not image_size:
@@ -361,6 +370,7 @@ def pretrain(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
         plot_curves(out / LOG_CSV, out / CURVE)
     training = {
         'stage': 'pretrain', 'command': command, 'seed': cfg.seed, 'device': device,
+        'init_from': cfg.init_from or None,
         'data': splits.data_info, 'train_categories': splits.train_classes,
         'held_out_categories': splits.held_out, 'steps': step,
         'train_time_s': round(elapsed, 1), 'config': to_dict(cfg),

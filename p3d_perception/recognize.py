@@ -12,7 +12,8 @@ defines what a score *means* so that thresholds are portable:
   together"; with a 30-label vocabulary chance is ~0.03.
 * ``score_query``: a probability-like score in [0, 1] that an object matches a free
   text query: the larger of (a) the query's share when it competes with the
-  vocabulary labels as one more class, and (b) the object's label probabilities
+  vocabulary labels as one more class (scaled by how related the query is to any
+  label at all), and (b) the object's label probabilities
   weighted by how well each label matches the query in the text space ("something
   to drink from" -> mug, cup, wine glass). A ``min_score`` of ~0.3 keeps objects that
   are reasonably likely matches.
@@ -39,9 +40,10 @@ __all__ = ['ModelError', 'InputError', 'Recognition', 'Recognizer']
 LOG = logging.getLogger(__name__)
 
 UNKNOWN = 'unknown'
-#: text-to-label routing temperature and the similarity a label needs to count at all
+#: text-to-label routing (plain sentence embeddings, no templates: templates inflate
+#: similarities): temperature, and the similarity a label needs to count at all
 QUERY_TEMPERATURE = 0.05
-QUERY_NULL_SIMILARITY = 0.55
+QUERY_NULL_SIMILARITY = 0.40
 MAX_BATCH = 256
 
 
@@ -187,6 +189,7 @@ class Recognizer:
             self.vocabulary = clean
             self._protos = protos
             self._text_protos = self._space.prototypes(clean).float().cpu()
+            self._plain = self._space.encode(clean).float().cpu()
             self._bias = torch.tensor([self.seen_bias if c in self._trained_labels else 0.0
                                        for c in clean])
 
@@ -284,10 +287,14 @@ class Recognizer:
     def score_query(self, text: str, embeddings: np.ndarray) -> np.ndarray:
         """(K,) scores in [0, 1]: how well each stored object matches a free-text query.
 
-        max(direct, routed): *direct* is the query's softmax share when it competes with
-        the vocabulary as an extra class (the query itself if it is a vocabulary label);
-        *routed* sums the object's label probabilities weighted by the query's text
-        similarity to each label (a null option absorbs queries unrelated to all labels).
+        max(relevance x direct, routed): *direct* is the query's softmax share when it
+        competes with the vocabulary as an extra class (the query itself if it is a
+        vocabulary label); *routed* sums the object's label probabilities weighted by the
+        query's text similarity to each label, where a null option absorbs queries
+        unrelated to every label; *relevance* is the weight not taken by the null option.
+        So queries are answered through the vocabulary: a concept far from every label
+        ("something to sit on" with no seat-like label) scores near 0 rather than guessing
+        - add such labels with ``set_vocabulary``.
         """
         if not isinstance(text, str) or not _canonical(text):
             raise InputError('query text must be a non-empty string')
@@ -302,7 +309,7 @@ class Recognizer:
         e = F.normalize(torch.from_numpy(emb), dim=-1)
         q = _canonical(text)
         with self._lock:
-            protos, vocab, text_protos = self._protos, self.vocabulary, self._text_protos
+            protos, vocab, plain = self._protos, self.vocabulary, self._plain
             scale = self.model.scale().item()
             probs = self._label_probs(e)                              # (K, V)
             qf = torch.from_numpy(self.embed_text([q]))[0]
@@ -313,7 +320,9 @@ class Recognizer:
                                   torch.zeros(1)])
                 logits = scale * (e @ torch.cat([protos, qf[None]]).T - bias)
                 direct = logits.softmax(dim=-1)[:, -1]
-            sim = torch.cat([text_protos @ qf, torch.tensor([QUERY_NULL_SIMILARITY])])
+            qp = self._space.encode([q])[0].float()
+            sim = torch.cat([plain @ qp, torch.tensor([QUERY_NULL_SIMILARITY])])
             w = (sim / QUERY_TEMPERATURE).softmax(dim=0)[:-1]       # (V,)
             routed = probs @ w
-        return torch.maximum(direct, routed).clamp(0, 1).numpy().astype(np.float32)
+            relevance = 1 - (sim / QUERY_TEMPERATURE).softmax(dim=0)[-1]
+        return torch.maximum(relevance * direct, routed).clamp(0, 1).numpy().astype(np.float32)

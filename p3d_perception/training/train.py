@@ -35,6 +35,7 @@ from p3d_perception.model.checkpoint import (load_model, load_training_state, sa
 from p3d_perception.model.config import ModelConfig
 from p3d_perception.model.factory import P3DModel, create_model
 from p3d_perception.model.grouping import prepare_batch
+from p3d_perception.model.prompt import PromptLearner
 from p3d_perception.training.augment import AugmentConfig
 from p3d_perception.training.data import (DataConfig, ViewBatcher, generate_views,
                                           load_views_file, split_categories, view_arrays)
@@ -72,6 +73,9 @@ class PromptTrainConfig:
     lr: float = 2e-3
     batch_size: int = 256
     augment_passes: int = 2             # augmented copies of every view to embed
+    #: KgCoOp-style pull of each tuned prototype toward its zero-shot (template) feature:
+    #: keeps tuned labels comparable with untrained ones in the same vocabulary
+    kg_weight: float = 8.0
 
 
 @dataclass
@@ -410,6 +414,9 @@ def prompt_tune(cfg: TrainConfig, model_dir: str | Path, out_dir: str | Path | N
     emb, lab = torch.cat(embs).to(device), torch.cat(labs).to(device)
     for p in model.parameters():
         p.requires_grad_(False)
+    with torch.no_grad():                   # CoOp starts from the initial context every time
+        model.prompt.ctx.copy_(PromptLearner(cfg.model.prompt, model.space).ctx.to(device))
+    anchors = model.zero_shot_prototypes(splits.train_classes).to(device)
     model.prompt.ctx.requires_grad_(True)
     model.logit_scale.requires_grad_(True)
     opt = torch.optim.AdamW([model.prompt.ctx, model.logit_scale], lr=pc.lr, weight_decay=0.0)
@@ -425,10 +432,12 @@ def prompt_tune(cfg: TrainConfig, model_dir: str | Path, out_dir: str | Path | N
         protos = model.prompt_prototypes(splits.train_classes)
         logits = model.scale() * emb[idx] @ protos.T
         loss = F.cross_entropy(logits, lab[idx])
+        if pc.kg_weight:
+            loss = loss + pc.kg_weight * (1 - (protos * anchors).sum(-1)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if (step + 1) % max(1, pc.steps // 10) == 0 or step + 1 == pc.steps:
             acc = float((logits.argmax(-1) == lab[idx]).float().mean())
             log.write(stage='prompt', epoch=0, step=step + 1, lr=pc.lr,
@@ -439,6 +448,7 @@ def prompt_tune(cfg: TrainConfig, model_dir: str | Path, out_dir: str | Path | N
     LOG.info('prompt tuning: %s -> %s', before, after)
     training = dict(card.get('training') or {})
     training['prompt'] = {'command': command, 'steps': pc.steps, 'lr': pc.lr,
+                          'kg_weight': pc.kg_weight,
                           'augment_passes': pc.augment_passes,
                           'train_time_s': round(time.time() - t0, 1)}
     metrics = dict(card.get('metrics') or {})

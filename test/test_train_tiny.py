@@ -121,3 +121,30 @@ def test_openclip_random_space_trains_with_rendered_images(tmp_path):
     rng = np.random.default_rng(0)
     res = rec.classify([rng.normal(size=(300, 3)).astype(np.float32) * 0.05])
     assert res[0].embedding.shape == (64,) and res[0].label in CATS
+
+
+def test_cli_train_eval_export(tmp_path, capsys):
+    """The p3d subcommands wire up: train pretrain/prompt, eval (PNG + JSON), export."""
+    import json
+
+    import yaml
+
+    from p3d_perception.cli import main
+    from p3d_perception.config import to_dict
+    cfg = _cfg(tmp_path, epochs=1)
+    cfg.prompt_tuning.steps = 3
+    path = tmp_path / 'tiny.yaml'
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    out = tmp_path / 'cli_model'
+    assert main(['train', 'pretrain', '--config', str(path), '--out', str(out)]) == 0
+    assert main(['train', 'prompt', '--config', str(path), '--out', str(out)]) == 0
+    assert main(['eval', '--model', str(out), '--views-per-category', '2', '--seed', '9',
+                 '--calibrate', '--update-card']) == 0
+    report = json.loads((out / 'eval' / 'eval.json').read_text())
+    assert report['summary']['vocabulary_size'] == 4
+    assert (out / 'eval' / 'confusion_deployed.png').stat().st_size > 1000
+    assert 'eval' in read_card(out)['metrics'] and 'open_vocab' in read_card(out)
+    assert main(['export', '--model', str(out), '--out', str(tmp_path / 'e.onnx')]) == 0
+    assert (tmp_path / 'e.onnx').is_file()
+    assert main(['eval', '--model', str(tmp_path / 'missing')]) == 1
+    assert 'model not found' in capsys.readouterr().err

@@ -157,15 +157,19 @@ class Recognizer:
         self._up_rot = None if up is None else _rotation_to_z(np.asarray(up))
 
     @torch.no_grad()
-    def _prototype(self, label: str) -> torch.Tensor:
-        if label not in self._proto_cache:
-            if label in self._prompt_labels:
-                self.model.prompt.to('cpu')
-                p = self.model.prompt_prototypes([label])[0].float().cpu()
-            else:
-                p = self._space.prototypes([label])[0].float().cpu()
-            self._proto_cache[label] = p
-        return self._proto_cache[label]
+    def _prototypes(self, labels: list[str]) -> torch.Tensor:
+        """Prototypes of ``labels``: prompt head where trained, zero-shot otherwise (cached)."""
+        missing = [c for c in labels if c not in self._proto_cache]
+        tuned = [c for c in missing if c in self._prompt_labels]
+        if tuned:
+            self.model.prompt.to('cpu')
+            for c, p in zip(tuned, self.model.prompt_prototypes(tuned).float().cpu()):
+                self._proto_cache[c] = p
+        other = [c for c in missing if c not in self._prompt_labels]
+        if other:
+            for c, p in zip(other, self._space.prototypes(other).float().cpu()):
+                self._proto_cache[c] = p
+        return torch.stack([self._proto_cache[c] for c in labels])
 
     def set_vocabulary(self, labels: Sequence[str]) -> None:
         """Set the labels to classify into.
@@ -185,7 +189,7 @@ class Recognizer:
         if not clean:
             raise InputError('vocabulary must contain at least one label')
         with self._lock:
-            protos = torch.stack([self._prototype(c) for c in clean])
+            protos = self._prototypes(clean)
             self.vocabulary = clean
             self._protos = protos
             self._text_protos = self._space.prototypes(clean).float().cpu()

@@ -54,6 +54,18 @@ class CloudTooLargeError(CloudError):
     """The input has more points than the configured ``max_points``."""
 
 
+def _point_rows(points: Any, height: int, width: int | None
+                ) -> tuple[np.ndarray, int, int | None]:
+    """(N,3) rows of plain points; an (H,W,3) grid also gives the cloud's shape."""
+    pts = np.asarray(points)
+    if pts.ndim == 3 and pts.shape[2] == 3:
+        height, width = pts.shape[:2]
+        pts = pts.reshape(-1, 3)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise CloudError(f'points must be (N, 3) or (H, W, 3), got shape {pts.shape}')
+    return pts, height, width
+
+
 @dataclass
 class Cloud:
     """A point cloud in input order; invalid points are NaN rows, never dropped."""
@@ -82,12 +94,7 @@ class Cloud:
                     width: int | None = None, frame_id: str = '', stamp_ns: int = 0,
                     fields: Mapping[str, Any] | None = None) -> 'Cloud':
         """Wrap plain arrays ((N,3) or organised (H,W,3)) as a Cloud, validating them."""
-        pts = np.asarray(points)
-        if pts.ndim == 3 and pts.shape[2] == 3:
-            height, width = pts.shape[:2]
-            pts = pts.reshape(-1, 3)
-        if pts.ndim != 2 or pts.shape[1] != 3:
-            raise CloudError(f'points must be (N, 3) or (H, W, 3), got shape {pts.shape}')
+        pts, height, width = _point_rows(points, height, width)
         if not np.issubdtype(pts.dtype, np.number):
             raise CloudError(f'points must be numeric, got dtype {pts.dtype}')
         pts = np.ascontiguousarray(pts, dtype=np.float32)
@@ -356,12 +363,7 @@ def pack_cloud(points: Any, colors: Any = None, fields: Mapping[str, Any] | None
     The layout is little-endian, fields naturally aligned, x/y/z float32 at 0/4/8.
     ``fields`` maps a name to an (N,) or (N, count) numeric array.
     """
-    pts = np.asarray(points)
-    if pts.ndim == 3 and pts.shape[2] == 3:
-        height, width = pts.shape[:2]
-        pts = pts.reshape(-1, 3)
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise CloudError(f'points must be (N, 3) or (H, W, 3), got shape {pts.shape}')
+    pts, height, width = _point_rows(points, height, width)
     n = pts.shape[0]
     if n == 0:
         raise EmptyCloudError('cannot pack an empty cloud')

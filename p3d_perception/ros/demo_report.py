@@ -13,13 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from p3d_perception.cloud import Cloud
-
-
-def _quat_to_matrix(q) -> np.ndarray:
-    x, y, z, w = q.x, q.y, q.z, q.w
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+from p3d_perception.ros.messages import matrix_from_quaternion
 
 
 def _center(det) -> np.ndarray:
@@ -100,7 +94,7 @@ def print_tables(report: dict, bag: Path, frames: int) -> None:
 
 
 def _box_corners(det) -> np.ndarray:
-    r = _quat_to_matrix(det.pose.orientation)
+    r = matrix_from_quaternion(det.pose.orientation)
     half = np.array([det.size.x, det.size.y, det.size.z]) / 2
     signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
     return _center(det) + (signs * half) @ r.T

@@ -62,6 +62,14 @@ def quaternion_from_matrix(rotation: np.ndarray) -> Quaternion:
     return Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))
 
 
+def matrix_from_quaternion(q) -> np.ndarray:
+    """Unit quaternion (any object with x, y, z, w) -> 3x3 rotation matrix."""
+    x, y, z, w = q.x, q.y, q.z, q.w
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
 def pose(center: np.ndarray, rotation: np.ndarray) -> Pose:
     c = np.asarray(center, dtype=np.float64)
     return Pose(position=Point(x=float(c[0]), y=float(c[1]), z=float(c[2])),

@@ -16,15 +16,12 @@ from rclpy.time import Time
 import tf2_ros
 
 from p3d_perception.cloud import Cloud
+from p3d_perception.ros.messages import matrix_from_quaternion
 
 
 def _matrix(transform) -> np.ndarray:
-    q = transform.rotation
-    x, y, z, w = q.x, q.y, q.z, q.w
     m = np.eye(4)
-    m[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                 [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                 [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
+    m[:3, :3] = matrix_from_quaternion(transform.rotation)
     m[:3, 3] = [transform.translation.x, transform.translation.y, transform.translation.z]
     return m
 

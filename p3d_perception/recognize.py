@@ -312,11 +312,12 @@ class Recognizer:
             return np.zeros(0, np.float32)
         e = F.normalize(torch.from_numpy(emb), dim=-1)
         q = _canonical(text)
+        # outside the lock: a frame being classified need not wait for the text encoder
+        qf, qp = (f.float() for f in self._space.query_features(q))
         with self._lock:
             protos, vocab, plain = self._protos, self.vocabulary, self._plain
             scale = self.model.scale().item()
             probs = self._label_probs(e)                              # (K, V)
-            qf = torch.from_numpy(self.embed_text([q]))[0]
             if q.lower() in [v.lower() for v in vocab]:
                 direct = probs[:, [v.lower() for v in vocab].index(q.lower())]
             else:
@@ -324,7 +325,6 @@ class Recognizer:
                                   torch.zeros(1)])
                 logits = scale * (e @ torch.cat([protos, qf[None]]).T - bias)
                 direct = logits.softmax(dim=-1)[:, -1]
-            qp = self._space.encode([q])[0].float()
             sim = torch.cat([plain @ qp, torch.tensor([QUERY_NULL_SIMILARITY])])
             w = (sim / QUERY_TEMPERATURE).softmax(dim=0)[:-1]       # (V,)
             routed = probs @ w

@@ -2,16 +2,20 @@
 # SPDX-License-Identifier: Apache-2.0
 """Node latency (cloud in -> detections out), query latency, RSS and a 10 Hz soak.
 
-Runs the real node in-process with a publisher/client node over DDS on one
-executor thread pool, on synthetic 640x480 organised frames with about 8 objects.
+Runs the real node in-process with a publisher node over DDS on one executor thread
+pool, on synthetic 640x480 organised frames with about 8 objects. Queries come from a
+client in another process, as a robot's task planner would call the service.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
@@ -82,7 +86,7 @@ def run(args: argparse.Namespace) -> dict:
 
     client.create_subscription(p3d_msg.DetectionArray, 'p3d/detections', on_detections, 50)
     pub = client.create_publisher(PointCloud2, 'points', qos_profile_sensor_data)
-    query = client.create_client(p3d_srv.QueryObject, 'query_object')
+    query = client.create_client(p3d_srv.QueryObject, 'query_object')  # readiness only
     executor = MultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
     executor.add_node(client)
@@ -118,15 +122,12 @@ def run(args: argparse.Namespace) -> dict:
                           label='thing', score=0.5)
               for _ in range(max(0, args.remembered - len(mem)))]
     mem.update(filler, 'camera_depth_optical_frame', node.get_clock().now().nanoseconds)
-    words = ['mug', 'bowl', 'apple', 'box', 'tool', 'bottle', 'toy', 'fruit', 'cup', 'can']
-    qlat = []
-    for i in range(args.queries):
-        text = f'{words[i % len(words)]} number {i}'  # never cached
-        t0 = time.perf_counter()
-        future = query.call_async(p3d_srv.QueryObject.Request(query=text, top_k=3))
-        while not future.done():
-            time.sleep(0.0005)
-        qlat.append((time.perf_counter() - t0) * 1e3)
+    client_proc = subprocess.run(
+        [sys.executable, '-m', 'p3d_perception.benchmarks.node', str(args.queries)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ), check=False)
+    if client_proc.returncode != 0:
+        raise RuntimeError(f'query client failed:\n{client_proc.stderr[-2000:]}')
+    qlat = json.loads(client_proc.stdout.strip().splitlines()[-1])
     rss_after_warmup = _rss_mb()
 
     soak = {}
@@ -160,7 +161,9 @@ def run(args: argparse.Namespace) -> dict:
         'stage_ms_median': stage,
         'query_ms': {'remembered_objects': len(mem),
                      'median': round(statistics.median(qlat), 2),
-                     'p90': round(float(np.percentile(qlat, 90)), 2), 'goal_median': 20},
+                     'p90': round(float(np.percentile(qlat, 90)), 2), 'goal_median': 20,
+                     'in_node_median': round(statistics.median(
+                         list(node._latency['query'])[-args.queries:]), 2)},
         'rss_mb': round(rss_after_warmup, 1), 'rss_goal_mb': 2048,
         'soak': soak,
     }
@@ -169,3 +172,33 @@ def run(args: argparse.Namespace) -> dict:
     client.destroy_node()
     rclpy.try_shutdown()
     return result
+
+
+def _query_client(n_queries: int) -> None:
+    """Ask ``n_queries`` new texts (never cached) in turn; print the round trips (ms) as JSON."""
+    import rclpy
+    from rclpy.node import Node
+    import p3d_perception_interfaces.srv as p3d_srv
+    rclpy.init()
+    node = Node('bench_query_client')
+    client = node.create_client(p3d_srv.QueryObject, 'query_object')
+    if not client.wait_for_service(timeout_sec=30.0):
+        raise SystemExit('query_object did not appear within 30 s')
+    words = ['mug', 'bowl', 'apple', 'box', 'tool', 'bottle', 'toy', 'fruit', 'cup', 'can']
+    out = []
+    for i in range(n_queries):
+        request = p3d_srv.QueryObject.Request(query=f'{words[i % len(words)]} number {i}',
+                                              top_k=3)
+        t0 = time.perf_counter()
+        future = client.call_async(request)
+        rclpy.spin_until_future_complete(node, future, timeout_sec=10.0)
+        if not future.done() or not future.result().success:
+            raise SystemExit(f'query {request.query!r} failed')
+        out.append((time.perf_counter() - t0) * 1e3)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    print(json.dumps(out))
+
+
+if __name__ == '__main__':
+    _query_client(int(sys.argv[1]))

@@ -36,6 +36,12 @@ class MemoryConfig:
     update_rate: float = 0.3
     #: at most this many objects are remembered (the stalest are dropped first)
     max_objects: int = 500
+    #: a remembered object whose centre falls inside another object's box this frame
+    #: (a fragment the segmentation has since joined to its whole) is forgotten if it was
+    #: seen fewer times than this, or after this many such frames in a row
+    absorb_frames: int = 2
+    #: margin (m) around an observed box when testing for absorbed fragments
+    absorb_margin_m: float = 0.01
 
     def validate(self) -> None:
         if self.match_distance_m <= 0:
@@ -48,6 +54,10 @@ class MemoryConfig:
             raise ConfigError('memory.update_rate must be in (0, 1]')
         if self.max_objects < 1:
             raise ConfigError('memory.max_objects must be >= 1')
+        if self.absorb_frames < 1:
+            raise ConfigError('memory.absorb_frames must be >= 1')
+        if self.absorb_margin_m < 0:
+            raise ConfigError('memory.absorb_margin_m must be >= 0')
 
 
 @dataclass
@@ -83,6 +93,8 @@ class TrackedObject:
     first_seen_ns: int
     last_seen_ns: int
     times_seen: int = 1
+    #: consecutive frames in which another object's box held this one's centre
+    absorbed: int = 0
 
 
 def _normalise(v: np.ndarray) -> np.ndarray:
@@ -134,6 +146,9 @@ class ObjectMemory:
                     self._refine(candidates[j], observations[i], stamp_ns)
                     cost[i, :] = np.inf
                     cost[:, j] = np.inf
+            matched = set(ids)
+            self._forget_absorbed([o for o in candidates if o.object_id not in matched],
+                                  observations)
             for i, obs in enumerate(observations):
                 if ids[i] is None:
                     ids[i] = self._add(obs, frame_id, stamp_ns)
@@ -153,6 +168,32 @@ class ObjectMemory:
         for k in stale:
             del self._objects[k]
         return len(stale)
+
+    def _forget_absorbed(self, unmatched: list[TrackedObject],
+                         observations: list[Observation]) -> None:
+        """Drop fragments: unmatched objects whose centre lies in an observed box.
+
+        Segmentation sometimes splits an object for a frame (a handle, a half behind an
+        occluder); the part is then remembered as an object of its own. When a later
+        frame sees the whole again, the part's centre sits inside the whole's box: a
+        part seen only briefly is forgotten at once, a long-lived one after
+        ``absorb_frames`` such frames (two objects really stacked keep their ids because
+        each is matched). Objects merely out of view are untouched (only ``expire_s``).
+        """
+        cfg = self.config
+        for obj in unmatched:
+            inside = False
+            for obs in observations:
+                local = np.asarray(obs.rotation).T @ (obj.center - obs.center)
+                if np.all(np.abs(local) <= np.asarray(obs.size) / 2 + cfg.absorb_margin_m):
+                    inside = True
+                    break
+            if not inside:
+                obj.absorbed = 0
+                continue
+            obj.absorbed += 1
+            if obj.times_seen < cfg.absorb_frames or obj.absorbed >= cfg.absorb_frames:
+                del self._objects[obj.object_id]
 
     def _trim(self) -> None:
         excess = len(self._objects) - self.config.max_objects
@@ -183,3 +224,4 @@ class ObjectMemory:
         obj.point_count = int(obs.point_count)
         obj.last_seen_ns = max(obj.last_seen_ns, stamp_ns)
         obj.times_seen += 1
+        obj.absorbed = 0

@@ -43,6 +43,14 @@ def _rss_mb() -> float:
     return float('nan')
 
 
+def _minute_means(trace: list) -> list | None:
+    """Means of the first and last minute of a trace sampled every 10 s."""
+    values = [v for v in trace if v is not None]
+    if len(values) < 12:
+        return None
+    return [round(float(np.mean(values[:6])), 1), round(float(np.mean(values[-6:])), 1)]
+
+
 def _frames(n_scenes: int, n_objects: int, seed: int):
     from p3d_perception.training.synthetic import generate_scene, render
     from p3d_perception.cloud import pack_cloud
@@ -128,6 +136,7 @@ def run(args: argparse.Namespace) -> dict:
     if client_proc.returncode != 0:
         raise RuntimeError(f'query client failed:\n{client_proc.stderr[-2000:]}')
     qlat = json.loads(client_proc.stdout.strip().splitlines()[-1])
+    remembered = len(mem)     # before the soak: unseen filler objects expire during it
     rss_after_warmup = _rss_mb()
 
     soak = {}
@@ -150,7 +159,10 @@ def run(args: argparse.Namespace) -> dict:
                 'frames_processed': processed,
                 'processed_hz': round(processed / args.soak_s, 2),
                 'rss_mb_every_10s': rss_trace, 'callback_ms_median_every_10s': lat_trace,
-                'rss_growth_mb': round(rss_trace[-1] - rss_trace[0], 1) if rss_trace else None}
+                'rss_growth_mb': round(rss_trace[-1] - rss_trace[0], 1) if rss_trace else None,
+                # first vs last minute: a leak grows steadily, allocator noise does not
+                'rss_mb_first_last_minute': _minute_means(rss_trace),
+                'callback_ms_first_last_minute': _minute_means(lat_trace)}
     result = {
         'device': node.pipeline.recognizer.device,
         'frame': '640x480 organised xyz+rgb, synthetic d435 scenes',
@@ -159,7 +171,7 @@ def run(args: argparse.Namespace) -> dict:
                        'p90': round(float(np.percentile(latencies, 90)), 1),
                        'goal_median': 150},
         'stage_ms_median': stage,
-        'query_ms': {'remembered_objects': len(mem),
+        'query_ms': {'remembered_objects': remembered,
                      'median': round(statistics.median(qlat), 2),
                      'p90': round(float(np.percentile(qlat, 90)), 2), 'goal_median': 20,
                      'in_node_median': round(statistics.median(

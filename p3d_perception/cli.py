@@ -21,7 +21,8 @@ COMMAND_MODULES = (
     'segment',      # p3d segment, p3d eval-segmentation
     'synth',        # p3d synth scenes|objects|preview
     'train',        # p3d train, p3d eval, p3d export
-    'bags',         # p3d bags extract|label, p3d finetune
+    'bags',         # p3d bags extract|label
+    'finetune',     # p3d finetune
     'demo',         # p3d demo
     'bench',        # p3d bench <name>
 )

@@ -62,7 +62,7 @@ def _canonical(label: str) -> str:
     return ' '.join(str(label).strip().split())
 
 
-def _rotation_to_z(up: np.ndarray) -> np.ndarray:
+def rotation_to_z(up: np.ndarray) -> np.ndarray:
     """Rotation matrix taking unit vector ``up`` to +z (Rodrigues)."""
     u = np.asarray(up, np.float64).reshape(3)
     n = np.linalg.norm(u)
@@ -154,7 +154,7 @@ class Recognizer:
     # ------------------------------------------------------------------ vocabulary
     def set_up_vector(self, up: Sequence[float] | None) -> None:
         """Gravity 'up' of the incoming clusters' frame (e.g. support plane normal)."""
-        self._up_rot = None if up is None else _rotation_to_z(np.asarray(up))
+        self._up_rot = None if up is None else rotation_to_z(np.asarray(up))
 
     @torch.no_grad()
     def _prototypes(self, labels: list[str]) -> torch.Tensor:

@@ -60,6 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser('eval', help='top-1/top-5, per-class accuracy and confusion matrix')
     e.add_argument('--model', required=True, help='model directory')
     e.add_argument('--data', default=None, help='object views .npz (default: generate)')
+    e.add_argument('--dataset', default=None,
+                   help='a bag dataset (p3d bags extract) to evaluate on instead of views')
+    e.add_argument('--labels', default=None,
+                   help='with --dataset: the labels file (default DATASET/labels.csv)')
+    e.add_argument('--ground-truth', action='store_true',
+                   help='with --dataset: score against the synthetic bags\' ground truth')
     e.add_argument('--seed', type=int, default=12345, help='seed of generated test views')
     e.add_argument('--views-per-category', type=int, default=30)
     e.add_argument('--categories', nargs='*', default=None,

@@ -195,8 +195,8 @@ def plot_curves(log_csv: Path, out_png: Path) -> None:
         rs = [r for r in rows if r['stage'] == stage]
         steps = [int(r['step']) for r in rs if r['loss']]
         ax[0].plot(steps, [float(r['loss']) for r in rs if r['loss']], label=f'{stage} loss')
-        for key in ('val_top1_seen', 'val_top1_heldout', 'train_acc'):
-            pts = [(int(r['step']), float(r[key])) for r in rs if r[key]]
+        for key in ('val_top1_seen', 'val_top1_heldout', 'val_top1', 'train_acc'):
+            pts = [(int(r['step']), float(r[key])) for r in rs if r.get(key)]
             if pts:
                 ax[1].plot(*zip(*pts), marker='o', label=f'{stage} {key}')
     ax[0].set_xlabel('step')

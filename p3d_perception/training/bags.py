@@ -1,0 +1,1069 @@
+# Copyright 2026 The p3d_perception Authors
+# SPDX-License-Identifier: Apache-2.0
+"""Recorded bags -> a dataset of object clusters a person labels, for fine-tuning.
+
+A model trained on the synthetic world meets objects the robot has never seen;
+the cheapest labelled data for them is what the robot already recorded. So the
+clusters are cut with exactly the node's segmenter and filters, pre-labelled by
+the current model (a person corrects proposals faster than typing names), and
+grouped across frames so one label covers every view of an object: grouping
+uses the node's object memory on boxes expressed in a fixed frame from the
+bag's TF, because in the sensor frame a moving camera moves every object.
+
+The dataset is a directory (``clusters.npz`` + ``clusters.csv`` per cluster,
+``labels.csv`` per group for the person, pictures, ``dataset.json``) whose
+names are a contract with the fine-tuning code; :func:`load_dataset` and
+:func:`read_labels` are its reader. Nothing here imports rclpy.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import collections
+import csv
+import dataclasses
+import datetime
+import html
+import io
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CLUSTERS_NPZ = 'clusters.npz'
+CLUSTERS_CSV = 'clusters.csv'
+LABELS_CSV = 'labels.csv'
+META_JSON = 'dataset.json'
+INDEX_HTML = 'index.html'
+SHEET_STEM = 'contact_sheet'
+
+CLUSTER_COLUMNS = (
+    'cluster_id', 'group_id', 'bag', 'topic', 'frame_index', 'stamp_ns', 'frame_id',
+    'center_x', 'center_y', 'center_z', 'size_x', 'size_y', 'size_z', 'point_count',
+    'proposed_label', 'proposed_score', 'gt_label', 'gt_iou')
+LABEL_COLUMNS = ('group_id', 'label', 'proposed_label', 'proposed_score', 'clusters', 'frames',
+                 'first_cluster')
+#: what a person writes in labels.csv to say "not an object / do not train on this"
+JUNK_LABELS = frozenset({'-', 'ignore'})
+_INT_COLUMNS = ('cluster_id', 'group_id', 'frame_index', 'stamp_ns', 'point_count')
+_FLOAT_COLUMNS = ('center_x', 'center_y', 'center_z', 'size_x', 'size_y', 'size_z',
+                  'proposed_score')
+
+THUMB_SIZE = 64
+SHEET_COLS, SHEET_ROWS = 8, 6
+GROUPS_PER_SHEET = SHEET_COLS * SHEET_ROWS
+HTML_THUMBS_PER_GROUP = 6
+#: classify's top-k; a group's proposal score averages each cluster's score for it
+TOP_K = 5
+
+COLUMN_HELP = {
+    'clusters.csv': {
+        'cluster_id': 'row index = index into clusters.npz (offsets, embeddings, thumbnails)',
+        'group_id': 'the same physical object across frames (see labels.csv)',
+        'bag': 'bag path as given on the command line',
+        'topic': 'PointCloud2 topic',
+        'frame_index': 'index of the cloud message within its bag and topic (0-based, all '
+                       'messages counted, also those skipped by --every)',
+        'stamp_ns': 'the cloud header stamp',
+        'frame_id': 'the cloud frame (points, centre and size are in it)',
+        'center_x/y/z, size_x/y/z': 'the cluster box in the sensor frame (m); size is along '
+                                    'the box axes',
+        'point_count': 'points of the cluster',
+        'proposed_label, proposed_score': "the model's top label and its probability over "
+                                          'the vocabulary',
+        'gt_label, gt_iou': 'synthetic bags only: category of the ground-truth instance '
+                            "holding most of the cluster's pixels ('-' = background) and "
+                            "the IoU with that instance's valid pixels; empty otherwise",
+    },
+    'labels.csv': {
+        'group_id': 'one row per group (object seen across frames)',
+        'label': 'EDIT THIS: a category name (new names are fine); - or ignore = junk; '
+                 'empty = not labelled (not used for training)',
+        'proposed_label': 'majority proposal over the clusters of the group',
+        'proposed_score': "mean over the group's clusters of their score for that label",
+        'clusters': 'number of clusters in the group',
+        'frames': 'number of distinct frames the group was seen in',
+        'first_cluster': 'cluster_id of its first cluster (the contact-sheet picture)',
+    },
+    'clusters.npz': {
+        'points': 'float32 (P,3) all clusters in the sensor frame, concatenated',
+        'colors': 'float32 (P,3) in [0,1], zeros without colour',
+        'has_color': 'bool (C,)',
+        'offsets': 'int64 (C+1,): cluster i is points[offsets[i]:offsets[i+1]]',
+        'embeddings': 'float32 (C,D) of the pre-labelling model',
+        'thumbnails': 'uint8 (C,64,64,3) view along the camera axis',
+        'up': "float32 (C,3) support-plane normal the recognizer used (the 'up' of the "
+              'cluster frame); NaN where none was known',
+    },
+}
+
+
+class DatasetError(ValueError):
+    """A dataset directory or labels file that cannot be used; the message says what to do."""
+
+
+# ------------------------------------------------------------------ transforms
+
+def quaternion_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
+    """3x3 rotation of a quaternion, normalised first (bags store rounded values)."""
+    q = np.array([x, y, z, w], np.float64)
+    n = float(np.linalg.norm(q))
+    if not np.isfinite(n) or n < 1e-12:
+        raise ValueError(f'not a rotation quaternion: {q.tolist()}')
+    x, y, z, w = q / n
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def _frame(name: str) -> str:
+    return str(name).strip().lstrip('/')
+
+
+class TransformTree:
+    """A bag's /tf and /tf_static by child frame, to look clouds up in the tree's root.
+
+    A lookup takes, per edge, the latest transform stamped at or before the cloud
+    (static ones always qualify; no interpolation: a label needs a group, not a
+    millimetre). A cloud older than every transform of an edge uses that edge's
+    first one, because recordings often start with a cloud before the first /tf.
+    """
+
+    _STATIC = -(1 << 62)
+
+    def __init__(self) -> None:
+        self._edges: dict[str, list[tuple[int, str, np.ndarray]]] = {}
+        self._stamps: dict[str, list[int]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._edges.values())
+
+    def add(self, parent: str, child: str, stamp_ns: int, T_parent_child: np.ndarray,
+            static: bool = False) -> None:
+        parent, child = _frame(parent), _frame(child)
+        if not parent or not child or parent == child:
+            return
+        edges = self._edges.setdefault(child, [])
+        edges.append((self._STATIC if static else int(stamp_ns), parent,
+                      np.asarray(T_parent_child, np.float64)))
+        self._stamps.pop(child, None)
+
+    def add_message(self, msg: Any, static: bool = False) -> None:
+        """Add every transform of a tf2_msgs/TFMessage."""
+        for tf in msg.transforms:
+            tr, q = tf.transform.translation, tf.transform.rotation
+            T = np.eye(4)
+            T[:3, :3] = quaternion_matrix(q.x, q.y, q.z, q.w)
+            T[:3, 3] = (tr.x, tr.y, tr.z)
+            stamp = int(tf.header.stamp.sec) * 1_000_000_000 + int(tf.header.stamp.nanosec)
+            self.add(tf.header.frame_id, tf.child_frame_id, stamp, T, static)
+
+    def _edge(self, child: str, stamp_ns: int):
+        edges = self._edges.get(child)
+        if not edges:
+            return None
+        stamps = self._stamps.get(child)
+        if stamps is None:
+            edges.sort(key=lambda e: e[0])
+            stamps = self._stamps[child] = [e[0] for e in edges]
+        i = bisect.bisect_right(stamps, int(stamp_ns)) - 1
+        return edges[max(i, 0)]
+
+    def lookup(self, frame_id: str, stamp_ns: int) -> tuple[str, np.ndarray] | None:
+        """(root frame, 4x4 T_root_frame) at ``stamp_ns``, or None without TF for the frame."""
+        frame = _frame(frame_id)
+        if frame not in self._edges:
+            return None
+        T = np.eye(4)
+        seen = {frame}
+        while True:
+            edge = self._edge(frame, stamp_ns)
+            if edge is None:
+                return frame, T
+            _, parent, T_pc = edge
+            T = T_pc @ T
+            if parent in seen:
+                log.warning('TF loop through %s; grouping in %s', parent, frame)
+                return frame, T
+            seen.add(parent)
+            frame = parent
+
+    @classmethod
+    def from_bag(cls, path: str | Path) -> 'TransformTree':
+        """All /tf and /tf_static transforms of one bag (read problems are only logged)."""
+        from p3d_perception.bagio import BagReport, TF_STATIC_TOPIC, TF_TOPIC, iter_messages
+        tree = cls()
+        for topic, msgtype, _, msg in iter_messages([path], [TF_TOPIC, TF_STATIC_TOPIC],
+                                                    report=BagReport()):
+            if msgtype == 'tf2_msgs/msg/TFMessage':
+                try:
+                    tree.add_message(msg, static=topic == TF_STATIC_TOPIC)
+                except (ValueError, AttributeError) as exc:
+                    log.warning('%s: skipping a bad transform on %s: %s', path, topic, exc)
+        return tree
+
+
+# ------------------------------------------------------------------ pictures
+
+def render_thumbnail(points: np.ndarray, colors: np.ndarray | None, frame_id: str = '',
+                     size: int = THUMB_SIZE) -> np.ndarray:
+    """(size, size, 3) uint8 orthographic view of a cluster along the camera axis, on white.
+
+    Optical frames (z forward, y down) are seen along z; other frames are taken
+    as ROS body frames (x forward, z up) and seen along x. Near points cover far
+    ones; without colour, points are shaded by depth (near = dark).
+    """
+    img = np.full((size, size, 3), 255, np.uint8)
+    p = np.asarray(points, np.float64).reshape(-1, 3)
+    keep = np.isfinite(p).all(axis=1)
+    p = p[keep]
+    if not len(p):
+        return img
+    if 'optical' in frame_id or not frame_id:
+        u, v, d = p[:, 0], p[:, 1], p[:, 2]
+    else:
+        u, v, d = -p[:, 1], -p[:, 2], p[:, 0]
+    if colors is not None:
+        c = np.asarray(colors)[keep]
+        rgb = (np.clip(c, 0, 1) * 255 if c.dtype.kind == 'f' else c).astype(np.uint8)
+    else:
+        span = float(d.max() - d.min())
+        t = (d - d.min()) / span if span > 1e-9 else np.zeros_like(d)
+        g = (50 + 150 * t).astype(np.uint8)
+        rgb = np.repeat(g[:, None], 3, axis=1)
+    margin = 3
+    extent = max(float(u.max() - u.min()), float(v.max() - v.min()), 1e-6)
+    scale = (size - 2 * margin - 1) / extent
+    cu, cv = (u.max() + u.min()) / 2, (v.max() + v.min()) / 2
+    x = np.round((u - cu) * scale + (size - 1) / 2).astype(np.int64)
+    y = np.round((v - cv) * scale + (size - 1) / 2).astype(np.int64)
+    splat = int(np.clip(round(1.3 * size / math.sqrt(len(p))), 1, 4))
+    order = np.argsort(-d, kind='stable')
+    x, y, rgb = x[order], y[order], rgb[order]
+    off = -(splat // 2)
+    for dy in range(splat):
+        for dx in range(splat):
+            img[np.clip(y + off + dy, 0, size - 1), np.clip(x + off + dx, 0, size - 1)] = rgb
+    return img
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    """PNG encoding of an (H, W, 3) uint8 image (for data URIs)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.image
+    buf = io.BytesIO()
+    matplotlib.image.imsave(buf, np.ascontiguousarray(img), format='png')
+    return buf.getvalue()
+
+
+def _caption(g: dict) -> str:
+    n = int(g['clusters'])
+    return (f'#{g["group_id"]}  {g["proposed_label"]} {float(g["proposed_score"]):.2f}  '
+            f'({n} cluster{"s" if n != 1 else ""})')
+
+
+def write_contact_sheets(root: str | Path, groups: Sequence[dict],
+                         thumbnails: np.ndarray) -> list[Path]:
+    """One tile per group (its first cluster), GROUPS_PER_SHEET to a page; returns the files."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    root = Path(root)
+    for old in root.glob(f'{SHEET_STEM}*.png'):
+        old.unlink()
+    scale, cell_w, cell_h, top = 2, 190, 160, 6
+    tile = THUMB_SIZE * scale
+    pages = [list(groups[i:i + GROUPS_PER_SHEET])
+             for i in range(0, len(groups), GROUPS_PER_SHEET)] or [[]]
+    paths = []
+    for n, page in enumerate(pages):
+        rows = max(1, -(-len(page) // SHEET_COLS))
+        sheet = np.full((rows * cell_h, SHEET_COLS * cell_w, 3), 255, np.uint8)
+        spots = []
+        for k, g in enumerate(page):
+            r, c = divmod(k, SHEET_COLS)
+            x0, y0 = c * cell_w + (cell_w - tile) // 2, r * cell_h + top
+            th = thumbnails[int(g['first_cluster'])]
+            sheet[y0:y0 + tile, x0:x0 + tile] = th.repeat(scale, 0).repeat(scale, 1)
+            sheet[y0:y0 + tile, [x0, x0 + tile - 1]] = 200
+            sheet[[y0, y0 + tile - 1], x0:x0 + tile] = 200
+            spots.append((c * cell_w + cell_w / 2, y0 + tile + 3, _caption(g)))
+        h, w = sheet.shape[:2]
+        fig = plt.figure(figsize=(w / 100, h / 100), dpi=100)
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.imshow(sheet, interpolation='nearest')
+        for x, y, text in spots:
+            ax.text(x, y, text, ha='center', va='top', fontsize=6.5, family='monospace')
+        if not page:
+            ax.text(w / 2, h / 2, 'no clusters', ha='center', va='center', fontsize=14)
+        ax.set_axis_off()
+        path = root / (f'{SHEET_STEM}.png' if n == 0 else f'{SHEET_STEM}_{n + 1}.png')
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _labels_line(g: dict) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator='').writerow(_label_record(g))
+    return buf.getvalue()
+
+
+def write_index_html(root: str | Path, groups: Sequence[dict], rows: Sequence[dict],
+                     thumbnails: np.ndarray, meta: dict) -> Path:
+    """A self-contained page (images inline) to look through the groups while labelling."""
+    root = Path(root)
+    members: dict[int, list[int]] = collections.defaultdict(list)
+    for r in rows:
+        members[int(r['group_id'])].append(int(r['cluster_id']))
+    parts = [
+        '<!DOCTYPE html>', '<html><head><meta charset="utf-8">',
+        f'<title>p3d bags dataset: {html.escape(root.name)}</title>',
+        '<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}'
+        'td,th{border-bottom:1px solid #ddd;padding:4px 8px;vertical-align:middle;'
+        'text-align:left}img{width:96px;height:96px;image-rendering:pixelated;'
+        'border:1px solid #ccc;margin:1px}code{background:#f4f4f4;padding:2px 4px}'
+        '</style></head><body>',
+        f'<h1>{html.escape(root.name)}</h1>',
+        f'<p>{len(groups)} groups, {len(rows)} clusters. Model: '
+        f'<code>{html.escape(str(meta.get("model", "")))}</code>. Edit '
+        f'<code>{html.escape(str(root / LABELS_CSV))}</code>: write a category in the '
+        '<code>label</code> column of a group (a new name is fine; <code>-</code> or '
+        '<code>ignore</code> marks junk; empty = unlabelled), then run<br><code>p3d finetune '
+        f'--dataset {html.escape(str(root))} --labels {html.escape(str(root / LABELS_CSV))} '
+        '--out models/NAME</code></p>',
+        f'<p>labels.csv columns: <code>{",".join(LABEL_COLUMNS)}</code></p>',
+        '<table><tr><th>group</th><th>clusters</th><th>proposal</th><th>score</th>'
+        '<th>label</th><th>labels.csv line</th></tr>']
+    for g in groups:
+        ids = members.get(int(g['group_id']), [])
+        if len(ids) > HTML_THUMBS_PER_GROUP:
+            pick = np.linspace(0, len(ids) - 1, HTML_THUMBS_PER_GROUP).round().astype(int)
+            ids = [ids[i] for i in pick]
+        imgs = ''.join(
+            f'<img alt="cluster {i}" title="cluster {i}" src="data:image/png;base64,'
+            f'{base64.b64encode(png_bytes(thumbnails[i])).decode("ascii")}">' for i in ids)
+        parts.append(
+            f'<tr id="g{g["group_id"]}"><td><b>#{g["group_id"]}</b></td>'
+            f'<td>{imgs}<br><small>{g["clusters"]} clusters in {g["frames"]} frames</small>'
+            f'</td><td>{html.escape(str(g["proposed_label"]))}</td>'
+            f'<td>{float(g["proposed_score"]):.2f}</td>'
+            f'<td>{html.escape(str(g.get("label", "")))}</td>'
+            f'<td><code>{html.escape(_labels_line(g))}</code></td></tr>')
+    parts.append('</table></body></html>')
+    path = root / INDEX_HTML
+    _write_text(path, '\n'.join(parts) + '\n')
+    return path
+
+
+# ------------------------------------------------------------------ files
+
+def _write_text(path: Path, text: str) -> None:
+    """Write via a temporary file, so a crash never leaves a half-written labels.csv."""
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(text, encoding='utf-8')
+    os.replace(tmp, path)
+
+
+def _csv_text(columns: Sequence[str], records: Iterable[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator='\n')
+    w.writerow(columns)
+    w.writerows(records)
+    return buf.getvalue()
+
+
+def _fmt(v: Any, digits: int) -> str:
+    return '' if v is None or v == '' else f'{float(v):.{digits}f}'
+
+
+def _cluster_record(r: dict) -> list:
+    return [int(r['cluster_id']), int(r['group_id']), r['bag'], r['topic'],
+            int(r['frame_index']), int(r['stamp_ns']), r['frame_id'],
+            *(_fmt(r[k], 5) for k in ('center_x', 'center_y', 'center_z',
+                                      'size_x', 'size_y', 'size_z')),
+            int(r['point_count']), r['proposed_label'], _fmt(r['proposed_score'], 4),
+            r.get('gt_label') or '', _fmt(r.get('gt_iou'), 4)]
+
+
+def _label_record(g: dict) -> list:
+    return [int(g['group_id']), g.get('label') or '', g['proposed_label'],
+            _fmt(g['proposed_score'], 4), int(g['clusters']), int(g['frames']),
+            int(g['first_cluster'])]
+
+
+def write_clusters_csv(root: str | Path, rows: Sequence[dict]) -> Path:
+    path = Path(root) / CLUSTERS_CSV
+    _write_text(path, _csv_text(CLUSTER_COLUMNS, (_cluster_record(r) for r in rows)))
+    return path
+
+
+def write_labels(root: str | Path, groups: Sequence[dict]) -> Path:
+    """labels.csv from group dicts with the LABEL_COLUMNS keys (label may be empty)."""
+    path = Path(root) / LABELS_CSV
+    _write_text(path, _csv_text(LABEL_COLUMNS, (_label_record(g) for g in groups)))
+    return path
+
+
+def _save_arrays(root: Path, arrays: dict[str, np.ndarray]) -> Path:
+    path = root / CLUSTERS_NPZ
+    tmp = root / (CLUSTERS_NPZ + '.tmp.npz')
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def _load_arrays(root: Path) -> dict[str, np.ndarray]:
+    path = root / CLUSTERS_NPZ
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f'{path} cannot be read ({exc}); extract the dataset again with '
+                           '`p3d bags extract BAG ... --out DIR --overwrite`') from exc
+    need = ('points', 'colors', 'has_color', 'offsets', 'embeddings', 'thumbnails')
+    missing = [k for k in need if k not in arrays]
+    if missing:
+        raise DatasetError(f'{path} lacks {", ".join(missing)}; extract the dataset again '
+                           'with `p3d bags extract ... --overwrite`')
+    return arrays
+
+
+# ------------------------------------------------------------------ reading
+
+@dataclasses.dataclass
+class BagDataset:
+    """A loaded dataset: cluster i is points[i] / colors[i] / embeddings[i] / rows[i]."""
+
+    root: Path
+    points: list[np.ndarray]
+    colors: list[np.ndarray]
+    embeddings: np.ndarray
+    rows: list[dict]
+    meta: dict
+    has_color: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))
+    #: (C, 3) support normal per cluster's frame (NaN: unknown); recognizer.set_up_vector
+    up: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 3), np.float32))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def labels_csv(self) -> Path:
+        return self.root / LABELS_CSV
+
+    @property
+    def group_ids(self) -> list[int]:
+        return sorted({int(r['group_id']) for r in self.rows})
+
+
+def _convert_row(raw: dict, line: int, path: Path) -> dict:
+    row: dict[str, Any] = dict(raw)
+    try:
+        for k in _INT_COLUMNS:
+            row[k] = int(raw[k])
+        for k in _FLOAT_COLUMNS:
+            row[k] = float(raw[k])
+        row['gt_iou'] = float(raw['gt_iou']) if raw['gt_iou'] not in ('', None) else None
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f'{path}, line {line}: bad value ({exc}); clusters.csv is written '
+                           'by `p3d bags extract`, do not edit it (edit labels.csv)') from exc
+    row['gt_label'] = raw['gt_label'] or ''
+    return row
+
+
+def load_dataset(path: str | Path) -> BagDataset:
+    """Read a dataset written by ``p3d bags extract``; DatasetError says what is wrong."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetError(f'dataset not found: {root} is not a directory; create it with '
+                           '`p3d bags extract BAG [BAG ...] --out DIR`')
+    missing = [n for n in (META_JSON, CLUSTERS_NPZ, CLUSTERS_CSV) if not (root / n).is_file()]
+    if missing:
+        raise DatasetError(f'{root} is not a complete bags dataset (missing '
+                           f'{", ".join(missing)}); create it with `p3d bags extract BAG '
+                           f'[BAG ...] --out {root} --overwrite`')
+    try:
+        meta = json.loads((root / META_JSON).read_text(encoding='utf-8'))
+    except ValueError as exc:
+        raise DatasetError(f'{root / META_JSON} is not valid JSON ({exc})') from exc
+    if meta.get('format_version') != FORMAT_VERSION:
+        raise DatasetError(f'{root / META_JSON}: format_version {meta.get("format_version")!r}'
+                           f', this code reads {FORMAT_VERSION}; extract the bags again')
+    a = _load_arrays(root)
+    pts, cols, off = a['points'], a['colors'], a['offsets'].astype(np.int64)
+    c = len(off) - 1
+    problems = []
+    if pts.ndim != 2 or pts.shape[1:] != (3,) or cols.shape != pts.shape:
+        problems.append(f'points {pts.shape} / colors {cols.shape} must both be (P, 3)')
+    if c < 0 or (c >= 0 and (off[0] != 0 or off[-1] != len(pts) or np.any(np.diff(off) < 0))):
+        problems.append(f'offsets must rise from 0 to {len(pts)}')
+    for k in ('has_color', 'embeddings', 'thumbnails'):
+        if len(a[k]) != max(c, 0):
+            problems.append(f'{k} has {len(a[k])} rows for {c} clusters')
+    up = a.get('up', np.full((max(c, 0), 3), np.nan, np.float32))
+    if len(up) != max(c, 0):
+        problems.append(f'up has {len(up)} rows for {c} clusters')
+    csv_path = root / CLUSTERS_CSV
+    with open(csv_path, newline='', encoding='utf-8') as fh:
+        reader = csv.DictReader(fh)
+        if tuple(reader.fieldnames or ()) != CLUSTER_COLUMNS:
+            raise DatasetError(f'{csv_path}: columns {reader.fieldnames} differ from '
+                               f'{list(CLUSTER_COLUMNS)}; extract the bags again')
+        rows = [_convert_row(r, reader.line_num, csv_path) for r in reader]
+    if len(rows) != c:
+        problems.append(f'{CLUSTERS_CSV} has {len(rows)} rows for {c} clusters in '
+                        f'{CLUSTERS_NPZ}')
+    else:
+        counts = np.diff(off)
+        for i, r in enumerate(rows):
+            if r['cluster_id'] != i:
+                problems.append(f'{CLUSTERS_CSV} row {i} has cluster_id {r["cluster_id"]}')
+                break
+            if r['point_count'] != counts[i]:
+                problems.append(f'cluster {i}: point_count {r["point_count"]} but '
+                                f'{counts[i]} points stored')
+                break
+    if problems:
+        raise DatasetError(f'{root} is inconsistent: ' + '; '.join(problems) + '. Were files '
+                           'copied from different runs? Extract the bags again with '
+                           '`p3d bags extract ... --overwrite`')
+    return BagDataset(
+        root=root, points=[pts[off[i]:off[i + 1]] for i in range(c)],
+        colors=[cols[off[i]:off[i + 1]] for i in range(c)],
+        embeddings=a['embeddings'].astype(np.float32, copy=False), rows=rows, meta=meta,
+        has_color=a['has_color'].astype(bool), up=np.asarray(up, np.float32))
+
+
+def _clean_label(text: str | None) -> str:
+    return ' '.join(str(text or '').split())
+
+
+def read_group_labels(labels_csv: str | Path, known_groups: Iterable[int] | None = None,
+                      ) -> dict[int, str]:
+    """group_id -> label as written (junk markers kept, empty labels left out).
+
+    Only the group_id and label columns are needed, so a trimmed file works. A
+    UTF-8 BOM (spreadsheet exports) is accepted. Malformed rows, duplicates and
+    groups not in ``known_groups`` raise DatasetError naming the line.
+    """
+    path = Path(labels_csv)
+    if not path.is_file():
+        raise DatasetError(f'labels file not found: {path}')
+    known = None if known_groups is None else set(int(g) for g in known_groups)
+    out: dict[int, str] = {}
+    seen: set[int] = set()
+    with open(path, newline='', encoding='utf-8-sig') as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise DatasetError(f'{path} is empty; expected the header '
+                               f'{",".join(LABEL_COLUMNS)}')
+        header = [h.strip() for h in header]
+        if 'group_id' not in header or 'label' not in header:
+            raise DatasetError(f'{path}, line 1: the header needs group_id and label columns, '
+                               f'got {",".join(header)}')
+        gi, li = header.index('group_id'), header.index('label')
+        for fields in reader:
+            line = reader.line_num
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if len(fields) != len(header):
+                raise DatasetError(f'{path}, line {line}: {len(fields)} fields, the header has '
+                                   f'{len(header)} (quote a label containing a comma: '
+                                   '"a, b")')
+            try:
+                gid = int(fields[gi].strip())
+            except ValueError:
+                raise DatasetError(f'{path}, line {line}: group_id {fields[gi]!r} is not a '
+                                   'number') from None
+            if known is not None and gid not in known:
+                raise DatasetError(f'{path}, line {line}: group {gid} is not in the dataset '
+                                   '(is this the labels file of another dataset?)')
+            if gid in seen:
+                raise DatasetError(f'{path}, line {line}: group {gid} appears twice')
+            seen.add(gid)
+            label = _clean_label(fields[li])
+            if label:
+                out[gid] = label
+    return out
+
+
+def is_junk(label: str) -> bool:
+    return _clean_label(label).lower() in JUNK_LABELS
+
+
+def read_labels(dataset: BagDataset, labels_csv: str | Path | None = None) -> dict[int, str]:
+    """cluster_id -> label for every cluster of a labelled (non-junk) group."""
+    path = Path(labels_csv) if labels_csv is not None else dataset.labels_csv
+    by_group = read_group_labels(path, dataset.group_ids)
+    return {int(r['cluster_id']): by_group[int(r['group_id'])] for r in dataset.rows
+            if int(r['group_id']) in by_group and not is_junk(by_group[int(r['group_id'])])}
+
+
+# ------------------------------------------------------------------ groups
+
+def summarise_groups(rows: Sequence[dict], scores: Sequence[dict[str, float]],
+                     labels: dict[int, str] | None = None,
+                     accept_above: float | None = None) -> list[dict]:
+    """labels.csv rows: majority proposal per group and its mean score over the group.
+
+    A cluster's score for a label outside its top-k counts as 0, so a group whose
+    clusters disagree gets a lower score than one whose clusters agree. ``labels``
+    (group -> label already written) are kept; ``accept_above`` fills only the
+    empty ones.
+    """
+    labels = labels or {}
+    members: dict[int, list[int]] = collections.defaultdict(list)
+    for i, r in enumerate(rows):
+        members[int(r['group_id'])].append(i)
+    groups = []
+    for gid in sorted(members):
+        idx = members[gid]
+        votes = collections.Counter(rows[i]['proposed_label'] for i in idx)
+        total = {lab: sum(scores[i].get(lab, 0.0) for i in idx) for lab in votes}
+        best = max(votes, key=lambda lab: (votes[lab], total[lab]))
+        score = float(np.mean([scores[i].get(best, 0.0) for i in idx]))
+        label = labels.get(gid, '')
+        if not label and accept_above is not None and score >= accept_above:
+            label = best
+        groups.append({
+            'group_id': gid, 'label': label, 'proposed_label': best, 'proposed_score': score,
+            'clusters': len(idx),
+            'frames': len({(rows[i]['bag'], rows[i]['topic'], int(rows[i]['frame_index']))
+                           for i in idx}),
+            'first_cluster': min(int(rows[i]['cluster_id']) for i in idx)})
+    return groups
+
+
+# ------------------------------------------------------------------ extraction
+
+DATASET_FILES = (CLUSTERS_NPZ, CLUSTERS_CSV, LABELS_CSV, META_JSON, INDEX_HTML)
+
+
+@dataclasses.dataclass
+class DatasetSummary:
+    """What an extract or relabel produced, for the command's printout."""
+
+    root: Path
+    report: Any                   # bagio.BagReport (None for a relabel)
+    clouds_read: int
+    clouds_used: int
+    clusters: int
+    groups: int
+    labelled_groups: int
+    fixed_frames: dict
+    files: list[Path]
+    kept_labels: int = 0
+    changed_proposals: int = 0
+
+
+def check_output_dir(out: str | Path, overwrite: bool) -> Path:
+    """Refuse a non-empty directory without ``overwrite`` (it may hold a person's labels)."""
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f'{root} exists and is not a directory')
+    if root.is_dir() and any(root.iterdir()) and not overwrite:
+        extra = ' (its labels.csv would be lost)' if (root / LABELS_CSV).exists() else ''
+        raise FileExistsError(f'{root} exists and is not empty{extra}; pass --overwrite to '
+                              'replace the dataset, or use `p3d bags label` to re-run only '
+                              'the pre-labelling')
+    return root
+
+
+def _clear_dataset(root: Path) -> None:
+    """Remove a previous dataset's files only: the directory may hold a person's other files."""
+    for name in DATASET_FILES:
+        (root / name).unlink(missing_ok=True)
+    for p in root.glob(f'{SHEET_STEM}*.png'):
+        p.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def _bag_topics(path: Path) -> dict[str, tuple[str, int]]:
+    """topic -> (message type, message count) from a bag's index, without reading data."""
+    from rosbags.rosbag2 import Reader
+    reader = Reader(path)
+    reader.open()
+    try:
+        out: dict[str, tuple[str, int]] = {}
+        for c in reader.connections:
+            n = out.get(c.topic, (c.msgtype, 0))[1]
+            out[c.topic] = (c.msgtype, n + int(getattr(c, 'msgcount', 0) or 0))
+        return out
+    finally:
+        reader.close()
+
+
+def _pick_topic(path: Path, topics: dict[str, tuple[str, int]], wanted: str | None
+                ) -> tuple[str | None, str]:
+    from p3d_perception.bagio import CLOUD_TOPIC, POINTCLOUD2
+    clouds = [t for t, (mt, _) in topics.items() if mt == POINTCLOUD2]
+    if wanted is not None:
+        if wanted in clouds:
+            return wanted, ''
+        return None, (f'no PointCloud2 topic {wanted!r} (PointCloud2 topics: '
+                      f'{", ".join(clouds) or "none"})')
+    if not clouds:
+        return None, 'no PointCloud2 topic'
+    pick = CLOUD_TOPIC if CLOUD_TOPIC in clouds else clouds[0]
+    if len(clouds) > 1:
+        log.warning('%s has several PointCloud2 topics (%s); using %s (choose with --topic)',
+                    path, ', '.join(clouds), pick)
+    return pick, ''
+
+
+def _ground_truth(path: Path, topics: dict) -> dict[int, dict]:
+    """stamp -> ground-truth frame with an instance image, for synthetic bags only."""
+    from p3d_perception.bagio import INSTANCES_TOPIC, SIDECAR, read_ground_truth
+    if INSTANCES_TOPIC not in topics and not (path.is_dir() and (path / SIDECAR).is_file()):
+        return {}
+    try:
+        frames = read_ground_truth(path, instances=True)
+    except Exception as exc:  # noqa: BLE001 - ground truth is optional
+        log.warning('%s: ground truth present but unreadable (%s); gt columns stay empty',
+                    path, exc)
+        return {}
+    return {int(f['stamp_ns']): f for f in frames if f.get('instance') is not None}
+
+
+def _gt_match(indices: np.ndarray, inst: np.ndarray, valid: np.ndarray,
+              categories: dict[int, str]) -> tuple[str, float]:
+    ids = inst[indices]
+    vals, counts = np.unique(ids, return_counts=True)
+    top = int(vals[np.argmax(counts)])
+    if top <= 0:
+        return '-', 0.0
+    inter = int(((ids == top) & valid[indices]).sum())
+    union = int(valid[indices].sum()) + int(((inst == top) & valid).sum()) - inter
+    return categories.get(top, str(top)), inter / union if union else 0.0
+
+
+def _load_recognizer(model: str | Path | None, device: str, vocabulary: Sequence[str] | None,
+                     max_clusters_per_frame: int | None = None):
+    """(Pipeline, model path): the node's segmenter, filters and recognizer."""
+    from p3d_perception.pipeline import Pipeline, PipelineConfig
+    from p3d_perception.recognize import Recognizer
+    from p3d_perception.resources import default_model_path
+    path = Path(model) if model else default_model_path()
+    cfg = PipelineConfig()
+    if max_clusters_per_frame is not None:
+        cfg.max_objects_per_frame = int(max_clusters_per_frame)
+    recognizer = Recognizer.from_checkpoint(path, device=device)
+    pipeline = Pipeline(recognizer, cfg)
+    if vocabulary:
+        pipeline.set_vocabulary(list(vocabulary))
+    return pipeline, path
+
+
+def _report_dict(report, skipped_topics: dict[str, str]) -> dict:
+    return {
+        'summary': report.summary(), 'bags_read': list(report.bags_read),
+        'bags_failed': [{'bag': b, 'reason': r} for b, r in report.bags_failed],
+        'truncated': [{'bag': b, 'reason': r} for b, r in report.truncated],
+        'bags_without_topic': [{'bag': b, 'reason': r} for b, r in skipped_topics.items()],
+        'messages': int(report.messages), 'undecodable': int(report.undecodable),
+        'per_topic': dict(report.per_topic)}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+
+
+def _write_all(root: Path, arrays: dict, rows: list[dict], groups: list[dict],
+               meta: dict) -> list[Path]:
+    files = [_save_arrays(root, arrays), write_clusters_csv(root, rows),
+             write_labels(root, groups)]
+    files += write_contact_sheets(root, groups, arrays['thumbnails'])
+    files.append(write_index_html(root, groups, rows, arrays['thumbnails'], meta))
+    path = root / META_JSON
+    _write_text(path, json.dumps(meta, indent=2) + '\n')
+    files.append(path)
+    return files
+
+
+def extract_dataset(bags: Sequence[str | Path], out: str | Path, *, topic: str | None = None,
+                    every: int = 5, model: str | Path | None = None,
+                    vocabulary: Sequence[str] | None = None, device: str = 'auto',
+                    accept_above: float | None = None,
+                    max_clusters_per_frame: int | None = None, overwrite: bool = False,
+                    command: str = '', progress: bool = True) -> DatasetSummary:
+    """Segment, pre-label and group every ``every``-th cloud of the bags into ``out``.
+
+    Unreadable, truncated or topic-less bags and undecodable messages are logged,
+    recorded in dataset.json and skipped; DatasetError only when no cloud at all
+    could be read (then nothing is written).
+    """
+    from tqdm import tqdm
+
+    from p3d_perception.bagio import BagReport, POINTCLOUD2, iter_messages
+    from p3d_perception.cloud import CloudError, pointcloud2_to_cloud
+    from p3d_perception.config import to_dict
+    from p3d_perception.memory import ObjectMemory, Observation
+    if every < 1:
+        raise ValueError(f'--every must be >= 1, got {every}')
+    if accept_above is not None and not 0.0 <= accept_above <= 1.0:
+        raise ValueError(f'--accept-above must be in [0, 1], got {accept_above}')
+    if max_clusters_per_frame is not None and max_clusters_per_frame < 1:
+        raise ValueError('--max-clusters-per-frame must be >= 1')
+    bags = [Path(b) for b in bags]
+    if not bags:
+        raise ValueError('no bags given')
+    root = check_output_dir(out, overwrite)
+    report = BagReport()
+    skipped_topics: dict[str, str] = {}
+    plan = []
+    for path in bags:
+        if not path.exists():
+            log.warning('skipping %s: not found', path)
+            report.bags_failed.append((str(path), 'not found'))
+            continue
+        try:
+            topics = _bag_topics(path)
+        except Exception as exc:  # noqa: BLE001 - any unreadable bag is reported, not fatal
+            log.warning('skipping unreadable bag %s: %s', path, exc)
+            report.bags_failed.append((str(path), str(exc)))
+            continue
+        t, why = _pick_topic(path, topics, topic)
+        if t is None:
+            log.warning('skipping %s: %s', path, why)
+            skipped_topics[str(path)] = why
+            continue
+        plan.append((path, t, topics))
+    if not plan:
+        raise DatasetError(_nothing_read(bags, report, skipped_topics))
+
+    pipeline, model_path = _load_recognizer(model, device, vocabulary, max_clusters_per_frame)
+    cfg, recognizer = pipeline.config, pipeline.recognizer
+    mem_cfg = dataclasses.replace(cfg.memory, expire_s=0.0, max_objects=10_000_000)
+    points, colors, has_color, embeddings, ups, thumbs = [], [], [], [], [], []
+    rows: list[dict] = []
+    scores: list[dict[str, float]] = []
+    group_of: dict[tuple[int, int], int] = {}
+    fixed_frames: dict[str, dict] = {}
+    clouds_read = clouds_used = 0
+    total = sum(topics[t][1] for _, t, topics in plan)
+    bar = tqdm(total=total or None, unit='cloud', desc='bags extract', disable=not progress)
+    for bi, (path, t, topics) in enumerate(plan):
+        tree = TransformTree.from_bag(path)
+        truth = _ground_truth(path, topics)
+        memory = ObjectMemory(mem_cfg)
+        recognizer.set_up_vector(None)
+        up = None
+        used_frames: collections.Counter = collections.Counter()
+        info = {'topic': t, 'clouds': 0, 'clouds_without_tf': 0, 'tf_transforms': len(tree)}
+        warned_tf = False
+        prev_bad, index = report.undecodable, -1
+        for _, msgtype, stamp, msg in iter_messages([path], [t], report=report):
+            skipped = report.undecodable - prev_bad    # messages bagio could not decode
+            index += 1 + skipped
+            bar.update(1 + skipped)
+            prev_bad = report.undecodable
+            if msgtype != POINTCLOUD2:
+                continue
+            clouds_read += 1
+            if index % every:
+                continue
+            try:
+                cloud = pointcloud2_to_cloud(msg, require_valid=False)
+            except CloudError as exc:
+                report.undecodable += 1
+                prev_bad = report.undecodable
+                log.warning('%s: skipping cloud %d: %s', path, index, exc)
+                continue
+            clouds_used += 1
+            info['clouds'] += 1
+            stamp_ns = int(cloud.stamp_ns or stamp)
+            seg = pipeline.segmenter(cloud)
+            clusters = [c for c in seg.clusters if len(c.indices) >= cfg.min_points_to_recognise]
+            clusters.sort(key=lambda c: len(c.indices), reverse=True)
+            clusters = clusters[:cfg.max_objects_per_frame]
+            if seg.planes:   # as Pipeline.process: the table's normal is gravity's up
+                up = np.asarray(seg.planes[0][:3], np.float64)
+                recognizer.set_up_vector(up)
+            if not clusters:
+                continue
+            recs = recognizer.classify(
+                [c.points for c in clusters],
+                [c.colors for c in clusters] if cloud.colors is not None else None,
+                top_k=TOP_K, unknown_threshold=0.0)
+            found = tree.lookup(cloud.frame_id, stamp_ns)
+            if found is None:
+                fixed, T = _frame(cloud.frame_id) or 'sensor', np.eye(4)
+                info['clouds_without_tf'] += 1
+                if not warned_tf:
+                    log.warning('%s: no /tf or /tf_static transform for frame %r; grouping in '
+                                'the sensor frame (objects group only while the camera stays '
+                                'still)', path, cloud.frame_id)
+                    warned_tf = True
+            else:
+                fixed, T = found
+            used_frames[fixed] += 1
+            R, tr = T[:3, :3], T[:3, 3]
+            obs = [Observation(center=R @ np.asarray(c.box.center, np.float64) + tr,
+                               rotation=R @ np.asarray(c.box.rotation, np.float64),
+                               size=np.asarray(c.box.extent, np.float64),
+                               embedding=r.embedding, label=r.label, score=float(r.score),
+                               top_labels=list(r.top_labels), top_scores=list(r.top_scores),
+                               point_count=len(c.indices))
+                   for c, r in zip(clusters, recs)]
+            ids = memory.update(obs, fixed, stamp_ns)
+            gt = truth.get(stamp_ns)
+            inst = None
+            if gt is not None and gt['instance'].size == len(cloud):
+                inst = gt['instance'].reshape(-1)
+                valid = cloud.valid
+                cats = {int(o['id']): str(o['category']) for o in gt['objects']}
+            for c, r, oid in zip(clusters, recs, ids):
+                gid = group_of.setdefault((bi, int(oid)), len(group_of))
+                gt_label, gt_iou = ('', None) if inst is None else \
+                    _gt_match(c.indices, inst, valid, cats)
+                p = np.asarray(c.points, np.float32)
+                col = (np.asarray(c.colors, np.float32) / 255.0 if c.colors is not None
+                       else np.zeros_like(p))
+                points.append(p)
+                colors.append(col.astype(np.float32))
+                has_color.append(c.colors is not None)
+                embeddings.append(np.asarray(r.embedding, np.float32))
+                ups.append(up if up is not None else np.full(3, np.nan))
+                thumbs.append(render_thumbnail(p, c.colors, cloud.frame_id))
+                center, size = np.asarray(c.box.center), np.asarray(c.box.extent)
+                rows.append({
+                    'cluster_id': len(rows), 'group_id': gid, 'bag': str(path), 'topic': t,
+                    'frame_index': index, 'stamp_ns': stamp_ns, 'frame_id': cloud.frame_id,
+                    'center_x': center[0], 'center_y': center[1], 'center_z': center[2],
+                    'size_x': size[0], 'size_y': size[1], 'size_z': size[2],
+                    'point_count': len(c.indices), 'proposed_label': r.label,
+                    'proposed_score': float(r.score), 'gt_label': gt_label, 'gt_iou': gt_iou})
+                scores.append(dict(zip(r.top_labels, r.top_scores)))
+        info['fixed_frame'] = (used_frames.most_common(1)[0][0] if used_frames else None)
+        info['fixed_frames'] = dict(used_frames)
+        info['from_tf'] = info['clouds_without_tf'] == 0 and bool(used_frames)
+        fixed_frames[str(path)] = info
+    bar.close()
+    if clouds_read == 0:
+        raise DatasetError(_nothing_read(bags, report, skipped_topics))
+    if not rows:
+        log.warning('no clusters in %d cloud(s): the dataset is empty', clouds_used)
+
+    dim = embeddings[0].shape[0] if embeddings else int(recognizer.embed_text(['x']).shape[1])
+    offsets = np.zeros(len(points) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(p) for p in points])
+    arrays = {
+        'points': np.concatenate(points) if points else np.zeros((0, 3), np.float32),
+        'colors': np.concatenate(colors) if colors else np.zeros((0, 3), np.float32),
+        'has_color': np.asarray(has_color, bool), 'offsets': offsets,
+        'embeddings': (np.stack(embeddings) if embeddings
+                       else np.zeros((0, dim), np.float32)).astype(np.float32),
+        'thumbnails': (np.stack(thumbs) if thumbs
+                       else np.zeros((0, THUMB_SIZE, THUMB_SIZE, 3), np.uint8)),
+        'up': (np.stack(ups) if ups else np.zeros((0, 3))).astype(np.float32)}
+    groups = summarise_groups(rows, scores, accept_above=accept_above)
+    frames_used = {f for info in fixed_frames.values() for f in info['fixed_frames']}
+    meta = {
+        'format_version': FORMAT_VERSION, 'created': _now(), 'command': command,
+        'bags': [str(b) for b in bags], 'topic': topic,
+        'topics': {b: info['topic'] for b, info in fixed_frames.items()}, 'every': every,
+        'model': str(model_path), 'text_space': recognizer.text_space,
+        'vocabulary': list(recognizer.vocabulary), 'device': str(recognizer.device),
+        'fixed_frame': (next(iter(frames_used)) if len(frames_used) == 1
+                        else ('mixed' if frames_used else None)),
+        'grouping': {
+            'how': 'node object memory (p3d_perception.memory) on cluster boxes in the fixed '
+                   'frame: the root of the TF tree (/tf, /tf_static, latest transform at or '
+                   'before the cloud) of the cloud frame, else the sensor frame; one memory '
+                   'per bag, objects never expire',
+            'memory': to_dict(mem_cfg), 'per_bag': fixed_frames},
+        'pipeline': {'segmentation': to_dict(cfg.segmentation),
+                     'min_points_to_recognise': cfg.min_points_to_recognise,
+                     'max_objects_per_frame': cfg.max_objects_per_frame},
+        'counts': {'clouds_read': clouds_read, 'clouds_used': clouds_used,
+                   'clusters': len(rows), 'groups': len(groups),
+                   'labelled_groups': sum(1 for g in groups if g['label'])},
+        'bag_report': _report_dict(report, skipped_topics),
+        'accept_above': accept_above,
+        'columns': COLUMN_HELP,
+        'history': [{'step': 'extract', 'time': _now(), 'command': command,
+                     'model': str(model_path)}],
+    }
+    _clear_dataset(root)
+    files = _write_all(root, arrays, rows, groups, meta)
+    log.info('dataset: %d clusters in %d groups from %d cloud(s) -> %s', len(rows),
+             len(groups), clouds_used, root)
+    return DatasetSummary(root=root, report=report, clouds_read=clouds_read,
+                          clouds_used=clouds_used, clusters=len(rows), groups=len(groups),
+                          labelled_groups=meta['counts']['labelled_groups'],
+                          fixed_frames=fixed_frames, files=files)
+
+
+def _nothing_read(bags: Sequence[Path], report, skipped_topics: dict[str, str]) -> str:
+    reasons = [f'{b}: {r}' for b, r in report.bags_failed + report.truncated]
+    reasons += [f'{b}: {r}' for b, r in skipped_topics.items()]
+    return (f'no point cloud could be read from {len(bags)} bag(s) ({report.summary()}); '
+            + ('; '.join(reasons) if reasons else 'the topic holds no readable messages'))
+
+
+def relabel_dataset(path: str | Path, *, model: str | Path | None = None,
+                    vocabulary: Sequence[str] | None = None, device: str = 'auto',
+                    accept_above: float | None = None, command: str = '',
+                    progress: bool = True) -> DatasetSummary:
+    """Re-run the pre-labelling on stored clusters, keeping every label already written.
+
+    Each frame's clusters are classified in one call with the 'up' vector the
+    extraction used, so the same model reproduces the same proposals.
+    """
+    from tqdm import tqdm
+    if accept_above is not None and not 0.0 <= accept_above <= 1.0:
+        raise ValueError(f'--accept-above must be in [0, 1], got {accept_above}')
+    ds = load_dataset(path)
+    root = ds.root
+    written = read_group_labels(ds.labels_csv, ds.group_ids) if ds.labels_csv.is_file() else {}
+    arrays = _load_arrays(root)
+    pipeline, model_path = _load_recognizer(model, device, vocabulary)
+    recognizer = pipeline.recognizer
+    frames: dict[tuple, list[int]] = collections.defaultdict(list)
+    for i, r in enumerate(ds.rows):
+        frames[(r['bag'], r['topic'], r['frame_index'])].append(i)
+    emb = [None] * len(ds)
+    scores: list[dict[str, float]] = [{} for _ in range(len(ds))]
+    changed = 0
+    for idx in tqdm(frames.values(), unit='frame', desc='bags label', disable=not progress):
+        up = ds.up[idx[0]]
+        recognizer.set_up_vector(up if np.all(np.isfinite(up)) else None)
+        recs = recognizer.classify([ds.points[i] for i in idx],
+                                   [ds.colors[i] for i in idx] if ds.has_color[idx[0]] else None,
+                                   top_k=TOP_K, unknown_threshold=0.0)
+        for i, r in zip(idx, recs):
+            changed += ds.rows[i]['proposed_label'] != r.label
+            ds.rows[i]['proposed_label'] = r.label
+            ds.rows[i]['proposed_score'] = float(r.score)
+            emb[i] = np.asarray(r.embedding, np.float32)
+            scores[i] = dict(zip(r.top_labels, r.top_scores))
+    dim = emb[0].shape[0] if emb else int(recognizer.embed_text(['x']).shape[1])
+    arrays['embeddings'] = (np.stack(emb) if emb else np.zeros((0, dim))).astype(np.float32)
+    groups = summarise_groups(ds.rows, scores, labels=written, accept_above=accept_above)
+    meta = dict(ds.meta)
+    meta.update(model=str(model_path), text_space=recognizer.text_space,
+                vocabulary=list(recognizer.vocabulary), device=str(recognizer.device),
+                accept_above=accept_above, columns=COLUMN_HELP)
+    meta.setdefault('counts', {})['labelled_groups'] = sum(1 for g in groups if g['label'])
+    meta['history'] = list(meta.get('history') or []) + [
+        {'step': 'label', 'time': _now(), 'command': command, 'model': str(model_path),
+         'kept_labels': len(written), 'changed_proposals': int(changed)}]
+    files = _write_all(root, arrays, ds.rows, groups, meta)
+    return DatasetSummary(root=root, report=None, clouds_read=0, clouds_used=len(frames),
+                          clusters=len(ds), groups=len(groups),
+                          labelled_groups=meta['counts']['labelled_groups'],
+                          fixed_frames=(meta.get('grouping') or {}).get('per_bag', {}),
+                          files=files, kept_labels=len(written),
+                          changed_proposals=int(changed))

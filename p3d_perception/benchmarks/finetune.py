@@ -23,11 +23,14 @@ import time
 
 import numpy as np
 
-NEW = ('cup', 'pear', 'kettle', 'jar', 'tissue box', 'frying pan')
+#: five of the bundled model's six held-out categories; the sixth, frying pan, is left
+#: out because segmentation removes a pan's floor with the table (best cluster IoU 0.38
+#: on these bags), so too few clusters would qualify as labelled or test samples
+NEW = ('cup', 'pear', 'kettle', 'jar', 'tissue box')
 #: known categories, including each new one's closest look-alike (mug, apple, teapot,
-#: can, cereal box, saucepan), so "new" cannot be learnt as "looks unfamiliar"
-OLD = ('mug', 'apple', 'teapot', 'can', 'cereal box', 'saucepan', 'bowl', 'bottle', 'banana',
-       'book')
+#: can, cereal box), so "new" cannot be learnt as "looks unfamiliar"
+OLD = ('mug', 'apple', 'teapot', 'can', 'cereal box', 'bowl', 'bottle', 'banana', 'book',
+       'milk carton')
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,23 +58,32 @@ def new_robot_camera():
                         flying_pixel_prob=0.6, random_dropout=0.006, colour_noise=8.0)
 
 
-def record_bag(path: Path, n_scenes: int, frames: int, categories, n_objects, seed: int) -> Path:
-    """Scenes seen by the new robot's head, written as a rosbag2 with ground truth."""
+def record_bags(folder: Path, n_scenes: int, frames: int, categories, n_objects,
+                seed: int) -> list[Path]:
+    """One rosbag2 per scene, as the new robot's head sees it, with ground truth.
+
+    One bag per table: a robot's recordings of different tables are different bags
+    (all synthetic tables are called ``table``, so one bag would join them).
+    """
     from tqdm import tqdm
     from p3d_perception.bagio import write_scene_bag
     from p3d_perception.training.synthetic import camera_trajectory, generate_scene, render
     cam = new_robot_camera()
-    out, scene_ids = [], []
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    bags = []
     children = np.random.SeedSequence(seed).spawn(n_scenes)
     start = 1_700_000_000_000_000_000 + seed * 1_000_000_000
-    for i in tqdm(range(n_scenes), desc=f'recording {path.name}', unit='scene'):
+    for i in tqdm(range(n_scenes), desc=f'recording {folder.name}', unit='bag'):
         rng = np.random.default_rng(children[i])
         scene = generate_scene(rng, categories=list(categories), n_objects=n_objects)
-        for pose in camera_trajectory(scene, frames, rng, distance=(0.55, 1.0),
-                                      elevation=(18.0, 35.0), speed_deg=6.0):
-            out.append(render(scene, cam, rng, pose=pose, stamp_ns=start + len(out) * 10**8))
-            scene_ids.append(i)
-    return write_scene_bag(path, out, scene_ids=scene_ids, overwrite=True)
+        out = [render(scene, cam, rng, pose=pose, stamp_ns=start + (i * frames + k) * 10**8)
+               for k, pose in enumerate(camera_trajectory(
+                   scene, frames, rng, distance=(0.55, 1.0), elevation=(18.0, 35.0),
+                   speed_deg=6.0))]
+        bags.append(write_scene_bag(folder / f'scene_{i:03d}', out, scene_ids=[i] * len(out)))
+    return bags
 
 
 def label_like_a_person(dataset: Path, wanted: set[str], per_class: int, seed: int) -> dict:
@@ -146,12 +158,12 @@ def run(args: argparse.Namespace) -> dict:
     bags = {}
     for split, n, seed in (('train', args.train_scenes, args.seed),
                            ('test', args.test_scenes, args.seed + 1000)):
-        bags[split] = record_bag(work / f'{split}_bag', n, args.frames_per_scene, new + old,
-                                 (lo, hi), seed)
+        bags[split] = record_bags(work / f'{split}_bags', n, args.frames_per_scene, new + old,
+                                  (lo, hi), seed)
     datasets = {}
     for split in ('train', 'test'):
         datasets[split] = work / f'{split}_dataset'
-        extract_dataset([bags[split]], datasets[split], every=1, model=model, device='cpu',
+        extract_dataset(bags[split], datasets[split], every=1, model=model, device='cpu',
                         overwrite=True, command='p3d bench finetune')
     budget = label_like_a_person(datasets['train'], set(new) | set(old),
                                  args.labels_per_class, args.seed)

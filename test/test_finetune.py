@@ -1,0 +1,166 @@
+# Copyright 2026 The p3d_perception Authors
+# SPDX-License-Identifier: Apache-2.0
+"""Fine-tuning on a bag dataset: LoRA, learning, resume, 2-process gloo, the saved model."""
+
+import collections
+import csv
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from p3d_perception.config import from_dict
+from p3d_perception.model.checkpoint import load_model, read_card, save_model
+from p3d_perception.model.config import ModelConfig
+from p3d_perception.model.factory import create_model
+from p3d_perception.model.lora import LoRAConfig, apply_lora, lora_state, merge_lora
+
+pytestmark = pytest.mark.slow
+
+CATEGORIES = ['mug', 'bowl', 'cereal box', 'banana']
+TINY = {'grouping': {'num_points': 128, 'num_groups': 16, 'group_size': 8},
+        'encoder': {'width': 32, 'depth': 1, 'heads': 2, 'patch_hidden': 16}}
+
+
+@pytest.fixture(scope='module')
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model(from_dict(ModelConfig, TINY))
+    out = tmp_path_factory.mktemp('model') / 'tiny'
+    save_model(model, out, vocabulary=CATEGORIES, prompt_labels=[],
+               training={'command': 'test_finetune fixture'})
+    return out
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory, tiny_model):
+    """A real bag of two moving-camera scenes, extracted and labelled from ground truth."""
+    from p3d_perception.bagio import write_scene_bag
+    from p3d_perception.commands.synth import make_scene_frames
+    from p3d_perception.training.bags import extract_dataset
+    root = tmp_path_factory.mktemp('ft')
+    frames, ids = make_scene_frames(2, 3, seed=8, categories=CATEGORIES, n_objects=(4, 4),
+                                    clutter=False)
+    bag = write_scene_bag(root / 'bag', frames, scene_ids=ids)
+    out = root / 'dataset'
+    extract_dataset([bag], out, every=1, model=tiny_model, device='cpu', progress=False)
+    rows = list(csv.DictReader((out / 'clusters.csv').open(encoding='utf-8')))
+    votes = collections.defaultdict(collections.Counter)
+    for r in rows:
+        if r['gt_label'] and float(r['gt_iou']) >= 0.5:
+            votes[int(r['group_id'])][r['gt_label']] += 1
+    with (out / 'labels.csv').open(encoding='utf-8') as f:
+        reader = csv.DictReader(f)
+        fields, table = reader.fieldnames, list(reader)
+    for r in table:
+        v = votes.get(int(r['group_id']))
+        r['label'] = v.most_common(1)[0][0] if v else ''
+    with (out / 'labels.csv').open('w', newline='', encoding='utf-8') as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(table)
+    return out
+
+
+def _cfg(**kw):
+    from p3d_perception.training.finetune import FinetuneConfig
+    cfg = FinetuneConfig(batch_size=16, lr=1e-2, warmup_steps=2, val_fraction=0.0,
+                         eval_every=5, device='cpu', replay_fraction=0.0)
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_lora_starts_as_identity_trains_little_and_merges_exactly():
+    torch.manual_seed(1)
+    model = create_model(from_dict(ModelConfig, TINY))
+    enc = model.encoder
+    x = (torch.randn(3, 16, 8, 6), torch.randn(3, 16, 3), torch.randn(3, 1))
+    ref = enc(*x).detach()
+    names = apply_lora(enc, LoRAConfig(rank=2))
+    assert names and all('blocks' in n or n == 'head.1' for n in names)
+    torch.testing.assert_close(enc(*x), ref)               # B = 0: nothing changed yet
+    trainable = sum(p.numel() for p in enc.parameters() if p.requires_grad)
+    assert trainable == sum(v.numel() for v in lora_state(enc).values())
+    with torch.no_grad():
+        for k, p in enc.named_parameters():
+            if k.endswith('lora_b'):
+                p.normal_(0, 0.1)
+    adapted = enc(*x).detach()
+    assert (adapted - ref).abs().max() > 1e-3
+    assert merge_lora(enc) == len(names)
+    torch.testing.assert_close(enc(*x), adapted, atol=1e-5, rtol=1e-5)
+    assert not any('lora' in k for k in enc.state_dict())  # the original architecture
+
+
+def test_bad_lora_targets_are_refused_with_the_layers_named():
+    from p3d_perception.config import ConfigError
+    model = create_model(from_dict(ModelConfig, TINY))
+    with pytest.raises(ConfigError, match='blocks.0.attn.qkv'):
+        apply_lora(model.encoder, LoRAConfig(targets=('nothing.*',)))
+
+
+def test_finetune_improves_accuracy_and_saves_a_plain_model(tiny_model, dataset, tmp_path):
+    from p3d_perception.training.bags import load_dataset, read_labels
+    from p3d_perception.training.finetune import accuracy, dataset_clusters, finetune
+    ds = load_dataset(dataset)
+    labels = read_labels(ds)
+    classes = sorted(set(labels.values()))
+    assert len(classes) >= 3
+    data = dataset_clusters(ds, labels, classes)
+    data = data.subset(np.flatnonzero(data.labels >= 0))
+    before_model, _ = load_model(tiny_model)
+    before = accuracy(before_model, data, classes, 'cpu')
+    out = tmp_path / 'tuned'
+    result = finetune(tiny_model, dataset, None, out, _cfg(steps=60))
+    assert set(result['new_labels']) == set(classes)
+    assert 0 < result['trainable']['share'] < 0.2
+    after_model, card = load_model(out)      # loads with the original architecture
+    after = accuracy(after_model, data, classes, 'cpu')
+    assert after >= before + 0.2, (before, after)
+    assert set(classes) <= set(card['prompt_labels']) and set(classes) <= set(card['vocabulary'])
+    ft = card['training']['finetunes'][-1]
+    assert ft['dataset'] == str(dataset) and ft['train_clusters']
+    assert (out / 'finetune_curve.png').stat().st_size > 5000
+    assert not list(out.glob('*.tmp*'))
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_model, dataset, tmp_path):
+    from p3d_perception.training.finetune import LOG_CSV, STATE, finetune
+    out = tmp_path / 'resumed'
+    finetune(tiny_model, dataset, None, out, _cfg(steps=10))
+    first = [r['step'] for r in csv.DictReader((out / LOG_CSV).open())]
+    assert first == ['5', '10'] and (out / STATE).is_file()
+    result = finetune(tiny_model, dataset, None, out, _cfg(steps=20), resume=True)
+    steps = [r['step'] for r in csv.DictReader((out / LOG_CSV).open())]
+    assert steps == ['5', '10', '15', '20']          # continued at 10, nothing redone
+    assert result['steps_run'] == 20
+    assert read_card(out)['training']['finetunes'][-1]['steps_run'] == 20
+
+
+def test_self_supervised_step_runs_before_labels(tiny_model, dataset, tmp_path):
+    from p3d_perception.training.finetune import LOG_CSV, finetune
+    cfg = _cfg(steps=5)
+    cfg.ssl.steps = 10
+    result = finetune(tiny_model, dataset, None, tmp_path / 'ssl', cfg)
+    assert result['ssl']['steps'] == 10 and np.isfinite(result['ssl']['final_loss'])
+    stages = [r['stage'] for r in csv.DictReader((tmp_path / 'ssl' / LOG_CSV).open())]
+    assert stages[0] == 'ssl' and stages[-1] == 'finetune'
+
+
+def test_two_process_gloo_run(tiny_model, dataset, tmp_path):
+    out = tmp_path / 'ddp'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+         '-m', 'p3d_perception.cli', 'finetune', '--dataset', str(dataset), '--out', str(out),
+         '--model', str(tiny_model), '--steps', '6', '--device', 'cpu', '--num-threads', '1'],
+        capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ft = read_card(out)['training']['finetunes'][-1]
+    assert ft['world_size'] == 2 and ft['steps_run'] == 6
+    load_model(out)

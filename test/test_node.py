@@ -223,3 +223,33 @@ def test_params_file_and_readme_match_declared_parameters(repo_root):
             assert params[spec.name] == spec.default, spec.name
         assert f'`{spec.name}`' in readme, f'README does not document {spec.name}'
     assert set(params) <= {s.name for s in all_specs()}
+
+
+def test_model_path_change_swaps_the_model_without_restart(harness, scan_msg_factory,
+                                                           tmp_path):
+    """A fine-tuned model is deployed by a parameter change; a bad path is refused."""
+    import torch
+    from p3d_perception.config import from_dict
+    from p3d_perception.model.checkpoint import save_model
+    from p3d_perception.model.config import ModelConfig
+    from p3d_perception.model.factory import create_model
+    torch.manual_seed(1)
+    model = create_model(from_dict(ModelConfig, {
+        'grouping': {'num_points': 128, 'num_groups': 16, 'group_size': 8},
+        'encoder': {'width': 32, 'depth': 1, 'heads': 2, 'patch_hidden': 16}}))
+    tuned = save_model(model, tmp_path / 'tuned', vocabulary=['widget', 'gadget'],
+                       prompt_labels=['widget', 'gadget'], training={'command': 'test'})
+    harness.send(scan_msg_factory(harness.node))
+    assert len(harness.node.pipeline.memory) > 0
+    missing = SetParameters.Request(parameters=[_param(
+        'model_path', ParameterType.PARAMETER_STRING, string_value=str(tmp_path / 'nope'))])
+    result = harness.call(harness.set_params, missing).results[0]
+    assert not result.successful and 'nope' in result.reason
+    swap = SetParameters.Request(parameters=[_param(
+        'model_path', ParameterType.PARAMETER_STRING, string_value=str(tuned))])
+    result = harness.call(harness.set_params, swap).results[0]
+    assert result.successful, result.reason
+    assert len(harness.node.pipeline.memory) == 0      # old embeddings do not compare
+    dets = harness.send(scan_msg_factory(harness.node))
+    assert dets.detections
+    assert {d.label for d in dets.detections} <= {'widget', 'gadget', 'unknown'}

@@ -158,8 +158,16 @@ class Recognizer:
 
     @torch.no_grad()
     def _prototypes(self, labels: list[str]) -> torch.Tensor:
-        """Prototypes of ``labels``: prompt head where trained, zero-shot otherwise (cached)."""
+        """Prototypes of ``labels`` (cached).
+
+        Learned few-shot prototypes from a fine-tune first, then the prompt head where
+        it was trained, zero-shot text features otherwise.
+        """
         missing = [c for c in labels if c not in self._proto_cache]
+        learned = getattr(self.model, 'label_prototypes', {}) or {}
+        for c in [c for c in missing if c in learned]:
+            self._proto_cache[c] = F.normalize(learned[c].float().cpu(), dim=-1)
+        missing = [c for c in missing if c not in learned]
         tuned = [c for c in missing if c in self._prompt_labels]
         if tuned:
             self.model.prompt.to('cpu')

@@ -107,3 +107,23 @@ def test_recognizer_uses_prompt_head_for_trained_labels(model_dir):
     unk = rec.classify(_clouds(), unknown_threshold=1.01)
     assert all(r.label == 'unknown' for r in unk)
     assert rec.classify([]) == []
+
+
+def test_learned_label_prototypes_round_trip_and_take_precedence(tmp_path):
+    torch.manual_seed(3)
+    model = create_model(from_dict(ModelConfig, TINY))
+    kettle = torch.nn.functional.normalize(torch.randn(model.space.dim), dim=0)
+    model.label_prototypes = {'kettle': kettle}
+    out = save_model(model, tmp_path / 'm', vocabulary=['mug', 'kettle'],
+                     prompt_labels=['mug'], training={'command': 'test'})
+    loaded, card = load_model(out)
+    assert card['label_prototypes'] == ['kettle']
+    torch.testing.assert_close(loaded.label_prototypes['kettle'], kettle)
+    rec = Recognizer.from_checkpoint(out, device='cpu')
+    torch.testing.assert_close(rec._protos[rec.vocabulary.index('kettle')], kettle)
+    assert float(rec._protos[rec.vocabulary.index('mug')] @ kettle) < 0.9
+    # a card that lists other prototypes than the weights hold is refused
+    card['label_prototypes'] = ['kettle', 'jar']
+    (out / 'model_card.yaml').write_text(yaml.safe_dump(card), encoding='utf-8')
+    with pytest.raises(ModelError, match='label_prototypes'):
+        load_model(out)

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--old', default=','.join(OLD),
                         help='known categories also on the tables (comma list)')
     parser.add_argument('--train-scenes', type=int, default=30)
-    parser.add_argument('--test-scenes', type=int, default=20)
+    parser.add_argument('--test-scenes', type=int, default=30)
     parser.add_argument('--frames-per-scene', type=int, default=3)
     parser.add_argument('--objects', default='4,7', help='objects per scene, MIN,MAX')
     parser.add_argument('--labels-per-class', type=int, default=20,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file, save_file
 
@@ -33,6 +34,8 @@ LOG = logging.getLogger(__name__)
 
 WEIGHTS = 'model.safetensors'
 CARD = 'model_card.yaml'
+#: safetensors key of the learned label prototypes (names in the card, same order)
+PROTOTYPES_KEY = 'label_prototypes'
 FORMAT = 'p3d-model/1'
 
 
@@ -67,7 +70,13 @@ def save_model(model: P3DModel, out_dir: str | Path, *, vocabulary: list[str],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHTS
-    atomic_save_tensors(weights, model.saved_state(),
+    state = model.saved_state()
+    learned = list(getattr(model, 'label_prototypes', {}) or {})
+    if learned:
+        state[PROTOTYPES_KEY] = torch.stack([
+            F.normalize(model.label_prototypes[n].detach().float().cpu(), dim=-1)
+            for n in learned]).contiguous()
+    atomic_save_tensors(weights, state,
                         {'format': FORMAT, 'text_space': model.cfg.text_space})
     card = {
         'format': FORMAT,
@@ -79,6 +88,7 @@ def save_model(model: P3DModel, out_dir: str | Path, *, vocabulary: list[str],
         'temperature': float(1.0 / model.scale().item()),
         'vocabulary': list(vocabulary),
         'prompt_labels': list(prompt_labels),
+        'label_prototypes': learned,
         'parameters': _parameter_counts(model),
         'training': training or {},
         'metrics': metrics or {},
@@ -175,7 +185,17 @@ def load_model(path: str | Path, *, text_space: str | None = None,
         raise ModelError(f'{weights} is not a readable safetensors file ({exc}); restore the '
                          'model directory') from exc
     model = create_model(cfg)
+    learned = state.pop(PROTOTYPES_KEY, None)
+    names = list(card.get('label_prototypes') or [])
+    if (learned is None) != (not names) or (learned is not None and (
+            learned.ndim != 2 or len(learned) != len(names)
+            or learned.shape[1] != model.space.dim)):
+        raise ModelError(f'{weights}: learned label prototypes do not match the card\'s '
+                         f'label_prototypes list ({len(names)} names); restore the model '
+                         'directory')
     load_state(model, state, str(weights))
+    if names:
+        model.label_prototypes = {n: learned[i].float() for i, n in enumerate(names)}
     model.to(device).eval()
     return model, card
 

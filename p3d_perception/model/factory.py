@@ -39,6 +39,9 @@ class P3DModel(nn.Module):
         self.encoder = build_encoder(cfg, space)
         self.prompt = PromptLearner(cfg.prompt, space)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        #: label -> learned prototype (few-shot labels from a fine-tune); these take
+        #: precedence over the prompt head and are saved beside the weights
+        self.label_prototypes: dict[str, torch.Tensor] = {}
 
     @property
     def space(self) -> TextSpace:

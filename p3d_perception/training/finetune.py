@@ -106,6 +106,14 @@ class FinetuneConfig:
     #: benchmark's "20 labelled clusters per new category" budget
     max_clusters_per_label: int = 0
     tune_context: bool = True
+    #: give every new label its own prototype, imprinted from the mean embedding of its
+    #: clusters and its text feature, then trained (few-shot names that sound alike -
+    #: kettle, teapot - need more than their text feature to be told apart)
+    learn_prototypes: bool = True
+    #: weight of each new label's text feature in its imprinted starting prototype
+    imprint_text_weight: float = 0.5
+    #: pull of a learned prototype toward its label's text feature (keeps queries working)
+    prototype_text_weight: float = 1.0
     seed: int = 0
     device: str = 'auto'
     num_threads: int = 0
@@ -208,18 +216,33 @@ def replay_views(classes: Sequence[str], cfg: FinetuneConfig) -> ClusterSet:
 
 # ----------------------------------------------------------------------------- modules
 class _Trainable(nn.Module):
-    """What DDP wraps: the adapted encoder and the prompt head, one forward per step."""
+    """What DDP wraps: adapted encoder, prompt head and learned prototypes.
 
-    def __init__(self, model: P3DModel):
+    ``known`` labels take their prototypes from the prompt head; each label in
+    ``learned`` has its own vector (one row of ``protos``), appended after them.
+    """
+
+    def __init__(self, model: P3DModel, known: list[str], learned: list[str],
+                 init: torch.Tensor | None):
         super().__init__()
         self.encoder = model.encoder
         self.prompt = model.prompt
         self._model = [model]
+        self.known, self.learned = list(known), list(learned)
+        self.protos = nn.Parameter(init.clone() if init is not None
+                                   else torch.zeros(0, model.space.dim),
+                                   requires_grad=bool(self.learned))
 
-    def forward(self, patches, centers, scale, names: list[str]):
-        emb = self.encoder(patches, centers, scale)
-        protos = self._model[0].prompt_prototypes(names)
-        return emb, protos
+    def prototypes(self) -> torch.Tensor:
+        parts = []
+        if self.known:
+            parts.append(self._model[0].prompt_prototypes(self.known).float())
+        if self.learned:
+            parts.append(F.normalize(self.protos, dim=-1))
+        return torch.cat(parts)
+
+    def forward(self, patches, centers, scale):
+        return self.encoder(patches, centers, scale), self.prototypes()
 
 
 class _MaskedStudent(nn.Module):
@@ -311,21 +334,45 @@ def embed(model: P3DModel, data: ClusterSet, device: str, seed: int = 0,
 
 
 @torch.no_grad()
-def accuracy(model: P3DModel, data: ClusterSet, classes: list[str], device: str) -> float:
+def accuracy(model: P3DModel, data: ClusterSet, classes: list[str], device: str,
+             protos: torch.Tensor | None = None) -> float:
+    """Top-1 of ``data`` against ``classes`` (the model's own prototypes unless given)."""
     if len(data) == 0:
         return float('nan')
     emb = embed(model, data, device).to(device)
-    protos = model.prompt_prototypes(classes).float()
+    if protos is None:
+        learned = model.label_prototypes
+        protos = torch.stack([
+            learned[c].to(device) if c in learned else model.prompt_prototypes([c])[0].float()
+            for c in classes])
     pred = (emb @ protos.T).argmax(-1).cpu().numpy()
     return float((pred == data.labels).mean())
 
 
-def trainable_share(model: P3DModel) -> dict[str, Any]:
-    """Trainable parameters over the 3D model's (encoder + head; the text space excluded)."""
-    total = sum(p.numel() for n, p in model.named_parameters())
-    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+def trainable_share(model: P3DModel, extra: int = 0) -> dict[str, Any]:
+    """Trainable parameters over the 3D model's (encoder + head; the text space excluded).
+
+    ``extra`` counts trained tensors outside the model (the learned prototypes).
+    """
+    total = sum(p.numel() for n, p in model.named_parameters()) + extra
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad) + extra
     return {'trainable': int(train), 'total': int(total),
             'share': round(train / max(1, total), 4)}
+
+
+@torch.no_grad()
+def _imprint(model: P3DModel, train: ClusterSet, classes: list[str], learned: list[str],
+             cfg: FinetuneConfig, device: str) -> torch.Tensor:
+    """Starting prototypes of new labels: text feature blended with their clusters' mean."""
+    emb = embed(model, train, device)
+    text = model.zero_shot_prototypes(learned).float().cpu()
+    rows = []
+    for i, c in enumerate(learned):
+        mine = emb[train.labels == classes.index(c)]
+        mean = F.normalize(mine.mean(0), dim=-1) if len(mine) else text[i]
+        w = cfg.imprint_text_weight
+        rows.append(F.normalize(w * text[i] + (1 - w) * mean, dim=-1))
+    return torch.stack(rows).to(device)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -431,18 +478,23 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path, labels_file: str | 
     for n, p in model.encoder.named_parameters():
         if n.endswith('lora_a') or n.endswith('lora_b'):
             p.requires_grad_(True)
-    model.prompt.ctx.requires_grad_(cfg.tune_context)
-    share = trainable_share(model)
-    trainable = _Trainable(model)
+    learned = list(new) if cfg.learn_prototypes else []
+    prompt_classes = [c for c in classes if c not in learned]
+    # the context only matters through labels that use the prompt head (DDP also
+    # refuses parameters that get no gradient)
+    model.prompt.ctx.requires_grad_(cfg.tune_context and bool(prompt_classes))
+    init = _imprint(model, train, classes, learned, cfg, device) if learned else None
+    trainable = _Trainable(model, prompt_classes, learned, init).to(device)
+    share = trainable_share(model, extra=trainable.protos.numel())
     module: nn.Module = trainable
     if world > 1:
         module = nn.parallel.DistributedDataParallel(trainable)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in trainable.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     info: dict[str, Any] = {'step': 0, 'best_val': -1.0, 'best_step': 0, 'bad_evals': 0}
     best_state: dict[str, torch.Tensor] | None = None
     if resumed is not None:
-        info = load_training_state(resumed, model, opt)
+        info = load_training_state(resumed, trainable, opt)
         best_path = out / ('best_' + STATE)
         if best_path.is_file():
             from safetensors.torch import load_file
@@ -469,12 +521,16 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path, labels_file: str | 
             pts, cols, labs = pts + rp, cols + rc, np.concatenate([labs, rl])
         b = prepare_batch(pts, cols, model.cfg.grouping, rng, device)
         y = torch.from_numpy(labs).to(device)
-        emb, protos = module(b.patches, b.centers, b.scale, classes)
+        emb, protos = module(b.patches, b.centers, b.scale)
         logits = model.scale().detach() * emb @ protos.T
         ce = -(targets[y] * logits.log_softmax(dim=-1)).sum(-1).mean()
         align = (1 - (emb * protos[y]).sum(-1)).mean()
-        kg = (1 - (protos * anchors).sum(-1)).mean()
+        pull = 1 - (protos * anchors).sum(-1)
+        n_known = len(prompt_classes)
+        kg = pull[:n_known].mean() if n_known else pull.sum() * 0
         loss = ce + cfg.align_weight * align + cfg.kg_weight * kg
+        if learned:
+            loss = loss + cfg.prototype_text_weight * pull[n_known:].mean()
         lr = _lr(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         for g in opt.param_groups:
             g['lr'] = lr
@@ -484,14 +540,17 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path, labels_file: str | 
         losses.append(loss.item())
         info['step'] = step + 1
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            val_acc = accuracy(model, val, classes, device) if len(val) else float('nan')
+            with torch.no_grad():
+                current = trainable.prototypes()
+            val_acc = accuracy(model, val, classes, device, current) if len(val) else \
+                float('nan')
             improved = not math.isnan(val_acc) and val_acc > info['best_val']
             if improved or math.isnan(val_acc) or best_state is None:
                 info.update(best_val=-1.0 if math.isnan(val_acc) else val_acc,
                             best_step=step + 1, bad_evals=0)
                 best_state = {k: v.detach().clone().cpu()
-                              for k, v in model.state_dict().items()
-                              if 'lora_' in k or k == 'prompt.ctx'}
+                              for k, v in trainable.state_dict().items()
+                              if 'lora_' in k or k in ('prompt.ctx', 'protos')}
             else:
                 info['bad_evals'] += 1
             if rank == 0:
@@ -501,7 +560,7 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path, labels_file: str | 
                           align=align.item(), kg=kg.item(), train_acc=acc,
                           val_top1='' if math.isnan(val_acc) else val_acc,
                           elapsed_s=time.time() - t0)
-                _save_state(out, model, opt, info, best_state)
+                _save_state(out, trainable, opt, info, best_state)
             if info['bad_evals'] >= cfg.patience:
                 stopped_early = True
                 LOG.info('early stop at step %d: no validation gain for %d evaluations '
@@ -510,7 +569,9 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path, labels_file: str | 
                 break
     train_time = time.time() - t0
     if best_state is not None:
-        model.load_state_dict(best_state, strict=False)
+        trainable.load_state_dict(best_state, strict=False)
+    model.label_prototypes = {c: F.normalize(trainable.protos[i].detach().float().cpu(), dim=-1)
+                              for i, c in enumerate(learned)}
     merge_lora(model.encoder)
     model.eval()
     result = {
@@ -531,7 +592,7 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path, labels_file: str | 
         training['train_categories'] = list(dict.fromkeys(
             list(training.get('train_categories') or []) + new))
         vocab = list(dict.fromkeys(list(card.get('vocabulary') or []) + new))
-        save_model(model.cpu(), out, vocabulary=vocab, prompt_labels=classes,
+        save_model(model.cpu(), out, vocabulary=vocab, prompt_labels=prompt_classes,
                    training=training, metrics=dict(card.get('metrics') or {}),
                    name=out.name)
         from p3d_perception.model.checkpoint import update_card
@@ -544,7 +605,7 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path, labels_file: str | 
     return result
 
 
-def _save_state(out: Path, model: P3DModel, opt, info: dict, best: dict | None) -> None:
+def _save_state(out: Path, model: nn.Module, opt, info: dict, best: dict | None) -> None:
     from p3d_perception.model.checkpoint import atomic_save_tensors
     save_training_state(out / STATE, model, opt, info)
     if best is not None:

@@ -122,7 +122,7 @@ def test_finetune_improves_accuracy_and_saves_a_plain_model(tiny_model, dataset,
     after_model, card = load_model(out)      # loads with the original architecture
     after = accuracy(after_model, data, classes, 'cpu')
     assert after >= before + 0.2, (before, after)
-    assert set(classes) == set(card['label_prototypes']) and set(classes) <= set(card['vocabulary'])
+    assert set(classes) == set(card['label_prototypes']) <= set(card['vocabulary'])
     ft = card['training']['finetunes'][-1]
     assert ft['dataset'] == str(dataset) and ft['train_clusters']
     assert (out / 'finetune_curve.png').stat().st_size > 5000

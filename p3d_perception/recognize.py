@@ -102,6 +102,7 @@ class Recognizer:
             self._prompt_labels
         self.seen_bias = float((card.get('open_vocab') or {}).get('seen_bias', 0.0))
         self._proto_cache: dict[str, torch.Tensor] = {}
+        self._cache = None
         self._lock = threading.RLock()
         self._rng_seed = 0
         self._up_rot: np.ndarray | None = None
@@ -204,6 +205,21 @@ class Recognizer:
             self._plain = self._space.encode(clean).float().cpu()
             self._bias = torch.tensor([self.seen_bias if c in self._trained_labels else 0.0
                                        for c in clean])
+            self._cache = self._example_cache(clean)
+
+    def _example_cache(self, vocab: list[str]):
+        """(keys, one-hot over ``vocab``, alpha, beta) of cached examples in the vocabulary."""
+        cache = getattr(self.model, 'example_cache', None)
+        if not cache:
+            return None
+        rows = [i for i, n in enumerate(cache['labels']) if n in vocab]
+        if not rows:
+            return None
+        onehot = torch.zeros(len(rows), len(vocab))
+        onehot[torch.arange(len(rows)), torch.tensor([vocab.index(cache['labels'][i])
+                                                      for i in rows])] = 1.0
+        keys = F.normalize(cache['keys'][rows].float().cpu(), dim=-1)
+        return keys, onehot, float(cache['alpha']), float(cache['beta'])
 
     # ------------------------------------------------------------------ embeddings
     def _prepare(self, points, colors):
@@ -266,8 +282,21 @@ class Recognizer:
             cos = cos - self._bias
         return self.model.scale().item() * cos
 
-    def _label_probs(self, emb: torch.Tensor) -> torch.Tensor:
-        return self.label_logits(emb).softmax(dim=-1)
+    def label_probs(self, emb: torch.Tensor) -> torch.Tensor:
+        """Label probabilities; with a fine-tune's example cache, Tip-Adapter style.
+
+        A few labelled clusters of look-alike categories (kettle, teapot) are told apart
+        better by their nearest examples than by one prototype each, so the softmax over
+        prototypes is mixed with ``alpha * sum exp(-beta (1 - cos))`` over the cached
+        examples of each label, then renormalised.
+        """
+        probs = self.label_logits(emb).softmax(dim=-1)
+        if self._cache is None:
+            return probs
+        keys, onehot, alpha, beta = self._cache
+        affinity = torch.exp(-beta * (1.0 - emb @ keys.T)) @ onehot
+        probs = probs + alpha * affinity
+        return probs / probs.sum(dim=-1, keepdim=True)
 
     def classify(self, points, colors=None, *, top_k: int = 5,
                  unknown_threshold: float = 0.0) -> list[Recognition]:
@@ -282,7 +311,7 @@ class Recognizer:
         if len(emb) == 0:
             return []
         with self._lock:
-            probs = self._label_probs(emb)
+            probs = self.label_probs(emb)
             vocab = list(self.vocabulary)
         k = min(top_k, len(vocab))
         top = probs.topk(k, dim=-1)
@@ -325,7 +354,7 @@ class Recognizer:
         with self._lock:
             protos, vocab, plain = self._protos, self.vocabulary, self._plain
             scale = self.model.scale().item()
-            probs = self._label_probs(e)                              # (K, V)
+            probs = self.label_probs(e)                              # (K, V)
             if q.lower() in [v.lower() for v in vocab]:
                 direct = probs[:, [v.lower() for v in vocab].index(q.lower())]
             else:

@@ -114,14 +114,24 @@ def test_learned_label_prototypes_round_trip_and_take_precedence(tmp_path):
     model = create_model(from_dict(ModelConfig, TINY))
     kettle = torch.nn.functional.normalize(torch.randn(model.space.dim), dim=0)
     model.label_prototypes = {'kettle': kettle}
+    mug_example = torch.nn.functional.normalize(torch.randn(model.space.dim), dim=0)
+    model.example_cache = {'keys': mug_example[None], 'labels': ['mug'], 'alpha': 50.0,
+                           'beta': 5.0}
     out = save_model(model, tmp_path / 'm', vocabulary=['mug', 'kettle'],
                      prompt_labels=['mug'], training={'command': 'test'})
     loaded, card = load_model(out)
     assert card['label_prototypes'] == ['kettle']
+    assert card['example_cache']['names'] == ['mug'] and loaded.example_cache['alpha'] == 50
     torch.testing.assert_close(loaded.label_prototypes['kettle'], kettle)
     rec = Recognizer.from_checkpoint(out, device='cpu')
     torch.testing.assert_close(rec._protos[rec.vocabulary.index('kettle')], kettle)
     assert float(rec._protos[rec.vocabulary.index('mug')] @ kettle) < 0.9
+    # the cached example decides what sits on it; the prototype decides elsewhere
+    probs = rec.label_probs(torch.stack([mug_example, kettle]))
+    assert probs.argmax(1).tolist() == [0, 1]
+    torch.testing.assert_close(probs.sum(1), torch.ones(2))
+    rec.set_vocabulary(['kettle', 'bowl'])          # examples outside the vocabulary drop out
+    assert rec._cache is None
     # a card that lists other prototypes than the weights hold is refused
     card['label_prototypes'] = ['kettle', 'jar']
     (out / 'model_card.yaml').write_text(yaml.safe_dump(card), encoding='utf-8')

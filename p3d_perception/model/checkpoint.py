@@ -36,6 +36,8 @@ WEIGHTS = 'model.safetensors'
 CARD = 'model_card.yaml'
 #: safetensors key of the learned label prototypes (names in the card, same order)
 PROTOTYPES_KEY = 'label_prototypes'
+#: safetensors keys of the labelled-example cache (names and alpha/beta in the card)
+CACHE_KEYS, CACHE_LABELS = 'example_cache.keys', 'example_cache.labels'
 FORMAT = 'p3d-model/1'
 
 
@@ -76,6 +78,15 @@ def save_model(model: P3DModel, out_dir: str | Path, *, vocabulary: list[str],
         state[PROTOTYPES_KEY] = torch.stack([
             F.normalize(model.label_prototypes[n].detach().float().cpu(), dim=-1)
             for n in learned]).contiguous()
+    cache = getattr(model, 'example_cache', None)
+    cache_card = None
+    if cache:
+        names = sorted(set(cache['labels']))
+        state[CACHE_KEYS] = F.normalize(cache['keys'].detach().float().cpu(), dim=-1)
+        state[CACHE_LABELS] = torch.tensor([names.index(n) for n in cache['labels']],
+                                           dtype=torch.int64)
+        cache_card = {'names': names, 'alpha': float(cache['alpha']),
+                      'beta': float(cache['beta']), 'examples': len(cache['labels'])}
     atomic_save_tensors(weights, state,
                         {'format': FORMAT, 'text_space': model.cfg.text_space})
     card = {
@@ -89,6 +100,7 @@ def save_model(model: P3DModel, out_dir: str | Path, *, vocabulary: list[str],
         'vocabulary': list(vocabulary),
         'prompt_labels': list(prompt_labels),
         'label_prototypes': learned,
+        'example_cache': cache_card,
         'parameters': _parameter_counts(model),
         'training': training or {},
         'metrics': metrics or {},
@@ -186,6 +198,8 @@ def load_model(path: str | Path, *, text_space: str | None = None,
                          'model directory') from exc
     model = create_model(cfg)
     learned = state.pop(PROTOTYPES_KEY, None)
+    cache_keys, cache_labels = state.pop(CACHE_KEYS, None), state.pop(CACHE_LABELS, None)
+    cache_card = card.get('example_cache') or None
     names = list(card.get('label_prototypes') or [])
     if (learned is None) != (not names) or (learned is not None and (
             learned.ndim != 2 or len(learned) != len(names)
@@ -196,6 +210,20 @@ def load_model(path: str | Path, *, text_space: str | None = None,
     load_state(model, state, str(weights))
     if names:
         model.label_prototypes = {n: learned[i].float() for i, n in enumerate(names)}
+    if (cache_keys is None) != (cache_card is None):
+        raise ModelError(f'{weights}: the example cache and the card\'s example_cache entry '
+                         'disagree; restore the model directory')
+    if cache_card is not None:
+        cnames = list(cache_card.get('names') or [])
+        if (cache_labels is None or len(cache_labels) != len(cache_keys)
+                or cache_keys.shape[-1] != model.space.dim
+                or (len(cache_labels) and int(cache_labels.max()) >= len(cnames))):
+            raise ModelError(f'{weights}: malformed example cache; restore the model '
+                             'directory')
+        model.example_cache = {'keys': cache_keys.float(),
+                               'labels': [cnames[i] for i in cache_labels.tolist()],
+                               'alpha': float(cache_card['alpha']),
+                               'beta': float(cache_card['beta'])}
     model.to(device).eval()
     return model, card
 

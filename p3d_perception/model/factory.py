@@ -42,6 +42,9 @@ class P3DModel(nn.Module):
         #: label -> learned prototype (few-shot labels from a fine-tune); these take
         #: precedence over the prompt head and are saved beside the weights
         self.label_prototypes: dict[str, torch.Tensor] = {}
+        #: labelled example embeddings (Tip-Adapter cache) from a fine-tune, or None:
+        #: {'keys': (N, D), 'labels': list of N names, 'alpha': float, 'beta': float}
+        self.example_cache: dict | None = None
 
     @property
     def space(self) -> TextSpace:

@@ -103,7 +103,7 @@ def evaluate_model(model_dir: str | Path, *, views=None, seed: int = 12345,
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     variants = (
-        ('deployed', rec.label_logits(emb)),                        # prompt head + seen bias
+        ('deployed', rec.label_probs(emb)),       # as the node labels: prompt head, bias, cache
         ('prompt_head', rec.label_logits(emb, seen_bias=False)),
         ('zero_shot', rec.label_logits(emb, rec._text_protos, seen_bias=False)),
     )
@@ -165,7 +165,7 @@ def evaluate_dataset(model_dir: str | Path, dataset_dir: str | Path, *,
     rec.set_up_vector(None)                 # clusters are gravity-aligned already
     rec.set_vocabulary(vocab)
     emb = torch.from_numpy(rec.embed(data.points, data.colors))
-    scores = rec.label_logits(emb)
+    scores = rec.label_probs(emb)
     trained = list((card.get('training') or {}).get('train_categories') or [])
     held = [v for v in vocab if v not in trained]
     r = evaluate_scores(scores, data.labels, vocab, held)

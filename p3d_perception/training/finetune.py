@@ -114,6 +114,11 @@ class FinetuneConfig:
     imprint_text_weight: float = 0.5
     #: pull of a learned prototype toward its label's text feature (keeps queries working)
     prototype_text_weight: float = 1.0
+    #: keep the labelled clusters' embeddings in the model (Tip-Adapter cache); its
+    #: alpha/beta are chosen on the validation groups from these grids
+    example_cache: bool = True
+    cache_alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
+    cache_betas: tuple[float, ...] = (3.0, 5.5, 10.0, 20.0)
     seed: int = 0
     device: str = 'auto'
     num_threads: int = 0
@@ -375,6 +380,42 @@ def _imprint(model: P3DModel, train: ClusterSet, classes: list[str], learned: li
     return torch.stack(rows).to(device)
 
 
+@torch.no_grad()
+def _build_cache(model: P3DModel, train: ClusterSet, val: ClusterSet, classes: list[str],
+                 cfg: FinetuneConfig, device: str) -> dict[str, Any]:
+    """Store the labelled clusters' embeddings; pick alpha/beta on the validation groups.
+
+    The cache for the choice holds the training clusters only, so the validation score
+    is honest; the saved cache then holds both.
+    """
+    learned = model.label_prototypes
+    protos = torch.stack([learned[c].to(device) if c in learned
+                          else model.prompt_prototypes([c])[0].float() for c in classes]).cpu()
+    k_train = embed(model, train, device)
+    onehot = F.one_hot(torch.from_numpy(train.labels), len(classes)).float()
+    alpha, beta, val_acc, base_acc = 1.0, 5.5, None, None
+    if len(val):
+        q = embed(model, val, device)
+        base = (model.scale().item() * q @ protos.T).softmax(-1)
+        aff = {b: torch.exp(-b * (1.0 - q @ k_train.T)) @ onehot for b in cfg.cache_betas}
+        best = None
+        for b in cfg.cache_betas:
+            for a in cfg.cache_alphas:
+                acc = float(((base + a * aff[b]).argmax(-1).numpy() == val.labels).mean())
+                if best is None or acc > best[0] + 1e-9:
+                    best = (acc, a, b)
+        val_acc, alpha, beta = best
+        base_acc = float((base.argmax(-1).numpy() == val.labels).mean())
+    keys = torch.cat([k_train, embed(model, val, device)]) if len(val) else k_train
+    labels = [classes[i] for i in np.concatenate([train.labels, val.labels]).tolist()]
+    model.example_cache = {'keys': keys, 'labels': labels, 'alpha': alpha, 'beta': beta}
+    LOG.info('example cache: %d clusters, alpha %.2g beta %.3g (validation top-1 %s -> %s)',
+             len(labels), alpha, beta, base_acc, val_acc)
+    return {'examples': len(labels), 'alpha': alpha, 'beta': beta,
+            'val_top1_without': None if base_acc is None else round(base_acc, 4),
+            'val_top1_with': None if val_acc is None else round(val_acc, 4)}
+
+
 # ----------------------------------------------------------------------------- stages
 def _ssl_stage(model: P3DModel, data: ClusterSet, cfg: FinetuneConfig, device: str,
                rank: int, world: int, log: FinetuneLog | None) -> dict[str, Any]:
@@ -574,13 +615,16 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path, labels_file: str | 
                               for i, c in enumerate(learned)}
     merge_lora(model.encoder)
     model.eval()
+    cache_info = None
+    if cfg.example_cache:
+        cache_info = _build_cache(model, train, val, classes, cfg, device)
     result = {
         'classes': classes, 'new_labels': new, 'train_clusters': counts,
         'val_clusters': int(len(val)), 'replay_views': int(len(replay)),
         'trainable': share, 'steps_run': info['step'], 'best_step': info['best_step'],
         'best_val_top1': None if info['best_val'] < 0 else round(info['best_val'], 4),
         'stopped_early': stopped_early, 'train_time_s': round(train_time, 1),
-        'ssl': ssl_info, 'world_size': world,
+        'ssl': ssl_info, 'world_size': world, 'example_cache': cache_info,
     }
     if rank == 0:
         training = dict(card.get('training') or {})

@@ -164,3 +164,11 @@ def test_two_process_gloo_run(tiny_model, dataset, tmp_path):
     ft = read_card(out)['training']['finetunes'][-1]
     assert ft['world_size'] == 2 and ft['steps_run'] == 6
     load_model(out)
+
+
+def test_the_documented_config_is_the_defaults():
+    """config/train/finetune.yaml lists every setting; it must not drift from the code."""
+    from p3d_perception.config import load, to_dict
+    from p3d_perception.training.finetune import FinetuneConfig
+    path = Path(__file__).parents[1] / 'config' / 'train' / 'finetune.yaml'
+    assert to_dict(load(FinetuneConfig, path)) == to_dict(FinetuneConfig())

@@ -70,6 +70,7 @@ def _cfg(**kw):
     from p3d_perception.training.finetune import FinetuneConfig
     cfg = FinetuneConfig(batch_size=16, lr=1e-2, warmup_steps=2, val_fraction=0.0,
                          eval_every=5, device='cpu', replay_fraction=0.0)
+    cfg.ssl.steps = 0
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
@@ -158,11 +159,12 @@ def test_two_process_gloo_run(tiny_model, dataset, tmp_path):
     proc = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
          '-m', 'p3d_perception.cli', 'finetune', '--dataset', str(dataset), '--out', str(out),
-         '--model', str(tiny_model), '--steps', '6', '--device', 'cpu', '--num-threads', '1'],
+         '--model', str(tiny_model), '--steps', '6', '--ssl-steps', '4', '--device', 'cpu',
+         '--num-threads', '1'],
         capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     ft = read_card(out)['training']['finetunes'][-1]
-    assert ft['world_size'] == 2 and ft['steps_run'] == 6
+    assert ft['world_size'] == 2 and ft['steps_run'] == 6 and ft['ssl']['steps'] == 4
     load_model(out)
 
 

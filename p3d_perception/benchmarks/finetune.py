@@ -216,6 +216,7 @@ def run(args: argparse.Namespace) -> dict:
             train_wall_s=round(wall, 1), trainable=info['trainable'],
             steps_run=info['steps_run'], best_step=info['best_step'],
             stopped_early=info['stopped_early'], ssl=info['ssl'],
+            example_cache=info['example_cache'],
             confusion_png=after['deployed']['confusion_png'])
         result[name] = scores
     result['goals'] = {'new_top1': '>= 0.85', 'old_drop_points': '<= 5',

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> dict:
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
-    from rclpy.qos import qos_profile_sensor_data
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
     import p3d_perception_interfaces.msg as p3d_msg
     import p3d_perception_interfaces.srv as p3d_srv
@@ -81,7 +81,9 @@ def run(args: argparse.Namespace) -> dict:
     packed = _frames(4, args.objects, args.seed)
     rclpy.init()
     node = PerceptionNode(parameter_overrides=[Parameter('device', value=args.device),
-                                               Parameter('max_frame_age_s', value=0.0)])
+                                               Parameter('max_frame_age_s', value=0.0),
+                                               # 5 MB frames between processes: see README
+                                               Parameter('input_qos', value='reliable')])
     client = Node('bench_client')
     received = {}
     lock = threading.Condition()
@@ -93,7 +95,8 @@ def run(args: argparse.Namespace) -> dict:
             lock.notify_all()
 
     client.create_subscription(p3d_msg.DetectionArray, 'p3d/detections', on_detections, 50)
-    pub = client.create_publisher(PointCloud2, 'points', qos_profile_sensor_data)
+    pub = client.create_publisher(PointCloud2, 'points', QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE))
     query = client.create_client(p3d_srv.QueryObject, 'query_object')  # readiness only
     executor = MultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
@@ -131,7 +134,7 @@ def run(args: argparse.Namespace) -> dict:
               for _ in range(max(0, args.remembered - len(mem)))]
     mem.update(filler, 'camera_depth_optical_frame', node.get_clock().now().nanoseconds)
     client_proc = subprocess.run(
-        [sys.executable, '-m', 'p3d_perception.benchmarks.node', str(args.queries)],
+        [sys.executable, '-m', 'p3d_perception.benchmarks.node', 'query', str(args.queries)],
         capture_output=True, text=True, timeout=600, env=dict(os.environ), check=False)
     if client_proc.returncode != 0:
         raise RuntimeError(f'query client failed:\n{client_proc.stderr[-2000:]}')
@@ -141,23 +144,28 @@ def run(args: argparse.Namespace) -> dict:
 
     soak = {}
     if args.soak_s > 0:
-        period = 1.0 / args.soak_hz
-        start = time.perf_counter()
-        sent = 0
+        # the camera is another process, as on a robot: a sender in this process would
+        # compete with the node for the interpreter lock and could not hold 10 Hz
         rss_trace, lat_trace = [], []
         processed0 = node.stats().get('processed', 0)
-        while time.perf_counter() - start < args.soak_s:
-            key, t0 = send(sent)
-            sent += 1
-            time.sleep(max(0.0, period - (time.perf_counter() - t0)))
-            if sent % int(args.soak_hz * 10) == 0:
-                rss_trace.append(round(_rss_mb(), 1))
-                recent = list(node._latency['callback_total'])[-20:]
-                lat_trace.append(round(statistics.median(recent), 1) if recent else None)
+        sender = subprocess.Popen(
+            [sys.executable, '-m', 'p3d_perception.benchmarks.node', 'publish',
+             str(args.soak_s), str(args.soak_hz), str(args.objects), str(args.seed)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+        while sender.poll() is None:
+            time.sleep(10.0)
+            rss_trace.append(round(_rss_mb(), 1))
+            recent = list(node._latency['callback_total'])[-20:]
+            lat_trace.append(round(statistics.median(recent), 1) if recent else None)
+        out, err = sender.communicate()
+        if sender.returncode != 0:
+            raise RuntimeError(f'cloud publisher failed:\n{err[-2000:]}')
+        sent = json.loads(out.strip().splitlines()[-1])
         processed = node.stats().get('processed', 0) - processed0
-        soak = {'seconds': args.soak_s, 'input_hz': args.soak_hz, 'frames_sent': sent,
+        soak = {'seconds': args.soak_s, 'input_hz': args.soak_hz, **sent,
                 'frames_processed': processed,
                 'processed_hz': round(processed / args.soak_s, 2),
+                'dropped_stale_or_replaced': sent['frames_sent'] - processed,
                 'rss_mb_every_10s': rss_trace, 'callback_ms_median_every_10s': lat_trace,
                 'rss_growth_mb': round(rss_trace[-1] - rss_trace[0], 1) if rss_trace else None,
                 # first vs last minute: a leak grows steadily, allocator noise does not
@@ -212,5 +220,45 @@ def _query_client(n_queries: int) -> None:
     print(json.dumps(out))
 
 
+def _publisher(seconds: float, hz: float, n_objects: int, seed: int) -> None:
+    """Publish organised clouds at ``hz`` for ``seconds`` (reliable, keep last 1)."""
+    import rclpy
+    from rclpy.node import Node
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import PointCloud2
+    from p3d_perception.ros.messages import packed_to_msg
+    packed = _frames(4, n_objects, seed)
+    rclpy.init()
+    node = Node('bench_camera')
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                     reliability=ReliabilityPolicy.RELIABLE)
+    pub = node.create_publisher(PointCloud2, 'points', qos)
+    msgs = [packed_to_msg(p, 'camera_depth_optical_frame', 0) for p in packed]
+    deadline = time.monotonic() + 30.0
+    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    period, sent, late = 1.0 / hz, 0, 0
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        due = start + sent * period
+        now = time.monotonic()
+        if now < due:
+            time.sleep(due - now)
+        elif now - due > period:
+            late += 1
+        msg = msgs[sent % len(msgs)]
+        msg.header.stamp = node.get_clock().now().to_msg()
+        pub.publish(msg)
+        sent += 1
+    elapsed = time.monotonic() - start
+    node.destroy_node()
+    rclpy.try_shutdown()
+    print(json.dumps({'frames_sent': sent, 'sent_hz': round(sent / elapsed, 2),
+                      'sends_late_by_a_period': late}))
+
+
 if __name__ == '__main__':
-    _query_client(int(sys.argv[1]))
+    if sys.argv[1] == 'query':
+        _query_client(int(sys.argv[2]))
+    else:
+        _publisher(float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))

@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help='fine-tune YAML (see config/train/finetune.yaml); flags below override')
     p.add_argument('--steps', type=int, default=None, help='optimisation steps (upper bound)')
     p.add_argument('--ssl-steps', type=int, default=None,
-                   help='self-supervised masked point modelling steps before labels (0 = off)')
+                   help='self-supervised masked point modelling steps before labels '
+                        '(default 150; 0 = off)')
     p.add_argument('--max-clusters-per-label', type=int, default=None,
                    help='use at most this many labelled clusters per label')
     p.add_argument('--seed', type=int, default=None)

@@ -60,9 +60,13 @@ IGNORE = ('', '-', 'ignore')
 
 @dataclass
 class SSLConfig:
-    """ACT-style masked point modelling against the frozen encoder (0 steps = off)."""
+    """ACT-style masked point modelling against the frozen encoder (0 steps = off).
 
-    steps: int = 0
+    On by default because it helped where measured: ``p3d bench finetune`` new-category
+    top-1 75.0 % with 150 steps against 52.8 % without (README, "Fine-tune").
+    """
+
+    steps: int = 150
     mask_ratio: float = 0.6
     lr: float = 1e-3
     batch_size: int = 32

@@ -149,9 +149,13 @@ def evaluate_dataset(model_dir: str | Path, dataset_dir: str | Path, *,
     card = rec.card
     dataset = load_dataset(dataset_dir)
     if ground_truth:
+        # '-' is background, 'unknown' the world's unlabelled distractor shapes: neither is
+        # a category to score (nor a label to add to the vocabulary)
         labels = {int(r['cluster_id']): r['gt_label'] for r in dataset.rows
-                  if r.get('gt_label') and float(r.get('gt_iou') or 0) >= 0.5}
-        source = {'dataset': str(dataset_dir), 'labels': 'ground truth (gt_iou >= 0.5)'}
+                  if r.get('gt_label') not in (None, '', '-', 'unknown')
+                  and float(r.get('gt_iou') or 0) >= 0.5}
+        source = {'dataset': str(dataset_dir),
+                  'labels': 'ground truth (gt_iou >= 0.5; distractors and background left out)'}
     else:
         labels = read_labels(dataset, labels_file)
         source = {'dataset': str(dataset_dir), 'labels': str(labels_file or 'labels.csv')}

@@ -174,3 +174,15 @@ def test_the_documented_config_is_the_defaults():
     from p3d_perception.training.finetune import FinetuneConfig
     path = Path(__file__).parents[1] / 'config' / 'train' / 'finetune.yaml'
     assert to_dict(load(FinetuneConfig, path)) == to_dict(FinetuneConfig())
+
+
+def test_eval_on_a_bag_dataset_reports_per_class(tiny_model, dataset, tmp_path):
+    from p3d_perception.training.evaluate import evaluate_dataset
+    truth = evaluate_dataset(tiny_model, dataset, ground_truth=True, out_dir=tmp_path / 'gt')
+    assert truth['summary']['clusters'] == len(truth['labels']) > 0
+    assert set(truth['labels']) <= set(CATEGORIES)       # background never scored
+    assert set(truth['summary']['per_class_top1']) <= set(CATEGORIES)
+    assert (tmp_path / 'gt' / 'confusion_bags.png').stat().st_size > 5000
+    user = evaluate_dataset(tiny_model, dataset, out_dir=tmp_path / 'user')   # labels.csv
+    assert user['summary']['data']['labels'] == 'labels.csv' and user['summary']['clusters'] > 0
+    assert len(user['predictions']) == len(user['cluster_ids']) == len(user['labels'])

@@ -63,7 +63,7 @@ class SSLConfig:
     """ACT-style masked point modelling against the frozen encoder (0 steps = off).
 
     On by default because it helped where measured: ``p3d bench finetune`` new-category
-    top-1 75.0 % with 150 steps against 52.8 % without (README, "Fine-tune").
+    top-1 72.2 % with 150 steps against 51.9 % without (README, "Fine-tune").
     """
 
     steps: int = 150

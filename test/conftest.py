@@ -45,6 +45,33 @@ def interfaces():
     return msg, srv
 
 
+#: the small real model the node, bag and fine-tune tests run (fast on 2 cores)
+TINY_MODEL = {'grouping': {'num_points': 128, 'num_groups': 16, 'group_size': 8},
+              'encoder': {'width': 32, 'depth': 1, 'heads': 2, 'patch_hidden': 16}}
+
+
+@pytest.fixture(scope='session')
+def make_tiny_model():
+    """Build a real, small, untrained MiniLM-space model; save it when ``out`` is given.
+
+    These tests check the code paths (node, labelling, fine-tuning), not accuracy.
+    """
+    import torch
+    from p3d_perception.config import from_dict
+    from p3d_perception.model.checkpoint import save_model
+    from p3d_perception.model.config import ModelConfig
+    from p3d_perception.model.factory import create_model
+
+    def make(out=None, *, vocabulary=(), prompt_labels=(), seed=0, command='test fixture'):
+        torch.manual_seed(seed)
+        model = create_model(from_dict(ModelConfig, TINY_MODEL))
+        if out is None:
+            return model
+        return save_model(model, out, vocabulary=list(vocabulary),
+                          prompt_labels=list(prompt_labels), training={'command': command})
+    return make
+
+
 @pytest.fixture
 def rclpy_context():
     """Give each test a fresh rclpy context so nodes and middleware state never leak."""

@@ -34,21 +34,9 @@ def run(*argv):
 
 
 @pytest.fixture(scope='module')
-def tiny_model_dir(tmp_path_factory):
-    """A real, small, untrained model: these tests check the labelling path, not accuracy."""
-    import torch
-    from p3d_perception.config import from_dict
-    from p3d_perception.model.checkpoint import save_model
-    from p3d_perception.model.config import ModelConfig
-    from p3d_perception.model.factory import create_model
-    torch.manual_seed(0)
-    model = create_model(from_dict(ModelConfig, {
-        'grouping': {'num_points': 128, 'num_groups': 16, 'group_size': 8},
-        'encoder': {'width': 32, 'depth': 1, 'heads': 2, 'patch_hidden': 16}}))
-    out = tmp_path_factory.mktemp('model') / 'tiny'
-    save_model(model, out, vocabulary=VOCAB, prompt_labels=[],
-               training={'command': 'test_bags fixture'})
-    return out
+def tiny_model_dir(tmp_path_factory, make_tiny_model):
+    return make_tiny_model(tmp_path_factory.mktemp('model') / 'tiny', vocabulary=VOCAB,
+                           command='test_bags fixture')
 
 
 @pytest.fixture(scope='module')

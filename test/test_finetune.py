@@ -13,27 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from p3d_perception.config import from_dict
-from p3d_perception.model.checkpoint import load_model, read_card, save_model
-from p3d_perception.model.config import ModelConfig
-from p3d_perception.model.factory import create_model
+from p3d_perception.model.checkpoint import load_model, read_card
 from p3d_perception.model.lora import LoRAConfig, apply_lora, lora_state, merge_lora
 
 pytestmark = pytest.mark.slow
 
 CATEGORIES = ['mug', 'bowl', 'cereal box', 'banana']
-TINY = {'grouping': {'num_points': 128, 'num_groups': 16, 'group_size': 8},
-        'encoder': {'width': 32, 'depth': 1, 'heads': 2, 'patch_hidden': 16}}
 
 
 @pytest.fixture(scope='module')
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_model(from_dict(ModelConfig, TINY))
-    out = tmp_path_factory.mktemp('model') / 'tiny'
-    save_model(model, out, vocabulary=CATEGORIES, prompt_labels=[],
-               training={'command': 'test_finetune fixture'})
-    return out
+def tiny_model(tmp_path_factory, make_tiny_model):
+    return make_tiny_model(tmp_path_factory.mktemp('model') / 'tiny', vocabulary=CATEGORIES,
+                           command='test_finetune fixture')
 
 
 @pytest.fixture(scope='module')
@@ -76,9 +67,8 @@ def _cfg(**kw):
     return cfg
 
 
-def test_lora_starts_as_identity_trains_little_and_merges_exactly():
-    torch.manual_seed(1)
-    model = create_model(from_dict(ModelConfig, TINY))
+def test_lora_starts_as_identity_trains_little_and_merges_exactly(make_tiny_model):
+    model = make_tiny_model(seed=1)
     enc = model.encoder
     x = (torch.randn(3, 16, 8, 6), torch.randn(3, 16, 3), torch.randn(3, 1))
     ref = enc(*x).detach()
@@ -98,9 +88,9 @@ def test_lora_starts_as_identity_trains_little_and_merges_exactly():
     assert not any('lora' in k for k in enc.state_dict())  # the original architecture
 
 
-def test_bad_lora_targets_are_refused_with_the_layers_named():
+def test_bad_lora_targets_are_refused_with_the_layers_named(make_tiny_model):
     from p3d_perception.config import ConfigError
-    model = create_model(from_dict(ModelConfig, TINY))
+    model = make_tiny_model()
     with pytest.raises(ConfigError, match='blocks.0.attn.qkv'):
         apply_lora(model.encoder, LoRAConfig(targets=('nothing.*',)))
 

@@ -29,21 +29,9 @@ VOCAB = ['box', 'mug', 'bowl', 'apple', 'banana', 'teapot', 'cereal box', 'book'
 
 
 @pytest.fixture(scope='module')
-def tiny_model_dir(tmp_path_factory):
-    """Build a real (small, untrained) MiniLM-space model: these tests check the node."""
-    import torch
-    from p3d_perception.config import from_dict
-    from p3d_perception.model.checkpoint import save_model
-    from p3d_perception.model.config import ModelConfig
-    from p3d_perception.model.factory import create_model
-    torch.manual_seed(0)
-    model = create_model(from_dict(ModelConfig, {
-        'grouping': {'num_points': 128, 'num_groups': 16, 'group_size': 8},
-        'encoder': {'width': 32, 'depth': 1, 'heads': 2, 'patch_hidden': 16}}))
-    out = tmp_path_factory.mktemp('model') / 'tiny'
-    save_model(model, out, vocabulary=VOCAB, prompt_labels=[],
-               training={'command': 'test_node fixture'})
-    return out
+def tiny_model_dir(tmp_path_factory, make_tiny_model):
+    return make_tiny_model(tmp_path_factory.mktemp('model') / 'tiny', vocabulary=VOCAB,
+                           command='test_node fixture')
 
 
 @pytest.fixture(scope='module')
@@ -226,19 +214,10 @@ def test_params_file_and_readme_match_declared_parameters(repo_root):
 
 
 def test_model_path_change_swaps_the_model_without_restart(harness, scan_msg_factory,
-                                                           tmp_path):
+                                                           tmp_path, make_tiny_model):
     """A fine-tuned model is deployed by a parameter change; a bad path is refused."""
-    import torch
-    from p3d_perception.config import from_dict
-    from p3d_perception.model.checkpoint import save_model
-    from p3d_perception.model.config import ModelConfig
-    from p3d_perception.model.factory import create_model
-    torch.manual_seed(1)
-    model = create_model(from_dict(ModelConfig, {
-        'grouping': {'num_points': 128, 'num_groups': 16, 'group_size': 8},
-        'encoder': {'width': 32, 'depth': 1, 'heads': 2, 'patch_hidden': 16}}))
-    tuned = save_model(model, tmp_path / 'tuned', vocabulary=['widget', 'gadget'],
-                       prompt_labels=['widget', 'gadget'], training={'command': 'test'})
+    tuned = make_tiny_model(tmp_path / 'tuned', vocabulary=['widget', 'gadget'],
+                            prompt_labels=['widget', 'gadget'], seed=1, command='test')
     harness.send(scan_msg_factory(harness.node))
     assert len(harness.node.pipeline.memory) > 0
     missing = SetParameters.Request(parameters=[_param(

@@ -147,6 +147,7 @@ def _scores(report: dict, new: set[str], old: set[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from p3d_perception.model.checkpoint import read_card
     from p3d_perception.resources import default_model_path
     from p3d_perception.training.bags import extract_dataset
     from p3d_perception.training.evaluate import evaluate_dataset
@@ -157,8 +158,6 @@ def run(args: argparse.Namespace) -> dict:
     model = Path(args.model or default_model_path())
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    trained = set()
-    from p3d_perception.model.checkpoint import read_card
     card = read_card(model)
     trained = set((card.get('training') or {}).get('train_categories') or [])
     overlap = sorted(set(new) & trained)

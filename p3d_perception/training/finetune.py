@@ -41,8 +41,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from p3d_perception.config import ConfigError, to_dict
-from p3d_perception.model.checkpoint import (load_model, load_training_state, save_model,
-                                             save_training_state)
+from p3d_perception.model.checkpoint import (atomic_save_tensors, load_model,
+                                             load_training_state, save_model,
+                                             save_training_state, update_card)
 from p3d_perception.model.factory import P3DModel
 from p3d_perception.model.grouping import prepare_batch
 from p3d_perception.model.lora import LoRAConfig, apply_lora, merge_lora
@@ -344,6 +345,15 @@ def embed(model: P3DModel, data: ClusterSet, device: str, seed: int = 0,
 
 
 @torch.no_grad()
+def model_prototypes(model: P3DModel, classes: list[str], device: str) -> torch.Tensor:
+    """(C, D) prototypes as a saved fine-tune has them: learned first, else prompt head."""
+    learned = model.label_prototypes
+    prompt = [c for c in classes if c not in learned]
+    tuned = dict(zip(prompt, model.prompt_prototypes(prompt).float())) if prompt else {}
+    return torch.stack([learned[c].to(device) if c in learned else tuned[c] for c in classes])
+
+
+@torch.no_grad()
 def accuracy(model: P3DModel, data: ClusterSet, classes: list[str], device: str,
              protos: torch.Tensor | None = None) -> float:
     """Top-1 of ``data`` against ``classes`` (the model's own prototypes unless given)."""
@@ -351,10 +361,7 @@ def accuracy(model: P3DModel, data: ClusterSet, classes: list[str], device: str,
         return float('nan')
     emb = embed(model, data, device).to(device)
     if protos is None:
-        learned = model.label_prototypes
-        protos = torch.stack([
-            learned[c].to(device) if c in learned else model.prompt_prototypes([c])[0].float()
-            for c in classes])
+        protos = model_prototypes(model, classes, device)
     pred = (emb @ protos.T).argmax(-1).cpu().numpy()
     return float((pred == data.labels).mean())
 
@@ -393,9 +400,7 @@ def _build_cache(model: P3DModel, train: ClusterSet, val: ClusterSet, classes: l
     The cache for the choice holds the training clusters only, so the validation score
     is honest; the saved cache then holds both.
     """
-    learned = model.label_prototypes
-    protos = torch.stack([learned[c].to(device) if c in learned
-                          else model.prompt_prototypes([c])[0].float() for c in classes]).cpu()
+    protos = model_prototypes(model, classes, device).cpu()
     k_train = embed(model, train, device)
     onehot = F.one_hot(torch.from_numpy(train.labels), len(classes)).float()
     alpha, beta, val_acc, base_acc = 1.0, 5.5, None, None
@@ -644,7 +649,6 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path, labels_file: str | 
         save_model(model.cpu(), out, vocabulary=vocab, prompt_labels=prompt_classes,
                    training=training, metrics=dict(card.get('metrics') or {}),
                    name=out.name)
-        from p3d_perception.model.checkpoint import update_card
         if card.get('open_vocab'):
             update_card(out, open_vocab=card['open_vocab'])
         plot_curves(out / LOG_CSV, out / CURVE)
@@ -655,7 +659,6 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path, labels_file: str | 
 
 
 def _save_state(out: Path, model: nn.Module, opt, info: dict, best: dict | None) -> None:
-    from p3d_perception.model.checkpoint import atomic_save_tensors
     save_training_state(out / STATE, model, opt, info)
     if best is not None:
         atomic_save_tensors(out / ('best_' + STATE), best, {'format': 'p3d-finetune-best/1'})

@@ -15,6 +15,9 @@ frame rate on a CPU. Two paths share the same stages:
 Concave creases are what separate stacked and touching objects (a box standing on
 another meets it in a valley, while the box's own edges are ridges): a point is a
 crease when the mean of its neighbourhood lies on the open side of its surface.
+The same cuts break off noise shards and split open containers from their
+insides; two merge steps undo that (shards join the cluster they touch; an
+inside seen through a rim joins its wall).
 
 Labels are always per input point, in input order (-1 = not an object), because
 the node republishes them with the original cloud and evaluation compares them
@@ -78,6 +81,8 @@ class SegmentationConfig:
     max_cluster_points: int = 0       #: clusters with more input points are dropped (0 = off)
     min_cluster_size: float = 0.02    #: clusters whose largest side is shorter are dropped (m)
     max_cluster_size: float = 0.9     #: clusters whose largest side is longer are dropped (m)
+    merge_containers: bool = True     #: rejoin the inside of open containers to their walls
+    rim_tolerance: float = 0.01       #: rims of one container agree in height within this (m)
     seed: int = 0                     #: RANSAC random seed (results are deterministic)
 
     def validate(self) -> None:
@@ -86,7 +91,8 @@ class SegmentationConfig:
                 raise ConfigError(f'segmentation.{name} must be > 0, got {getattr(self, name)}')
 
         for name in ('max_range', 'voxel_size', 'plane_distance', 'cluster_tolerance',
-                     'crease_radius', 'crease_threshold', 'max_height', 'max_cluster_size'):
+                     'crease_radius', 'crease_threshold', 'max_height', 'max_cluster_size',
+                     'rim_tolerance'):
             positive(name)
         if self.min_range < 0 or self.min_range >= self.max_range:
             raise ConfigError(f'segmentation.min_range must be in [0, max_range), got '
@@ -536,6 +542,148 @@ def _voxel_labels(points: np.ndarray, cfg: SegmentationConfig,
     return comp[inv]
 
 
+# ------------------------------------------------------------------ open containers
+
+def _plane_basis(n: np.ndarray) -> np.ndarray:
+    """Two unit in-plane axes (rows) for 2D footprints on a plane with normal ``n``."""
+    a = _unit(np.cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0]))
+    return np.stack([a, np.cross(n, a)])
+
+
+def _merge_containers(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
+                      cfg: SegmentationConfig) -> np.ndarray:
+    """Rejoin the inside of an open container (cup, bowl, pot) to its outer wall.
+
+    The inner wall meets the floor of a container in a concave crease, and the
+    front rim hides part of the inside, so the crease and gap cuts that separate
+    stacked objects also split every container in two. Both pieces end at the
+    same rim height, and the inside is seen *through the opening*: the ray from
+    the sensor to an inner point crosses the rim's height inside the rim. That
+    cannot happen for a separate object beside or behind another of the same
+    height, whose top is solid and would have hidden the point.
+    """
+    from scipy.spatial import QhullError, cKDTree
+    from scipy.spatial import ConvexHull
+
+    idx = np.flatnonzero(labels >= 0)
+    if idx.size == 0:
+        return labels
+    n = np.asarray(plane[:3], dtype=np.float64)
+    d = float(plane[3])
+    view = np.asarray(cfg.viewpoint, dtype=np.float64)
+    h_view = float(view @ n + d)
+    basis = _plane_basis(n)
+    lab = labels[idx]
+    order = np.argsort(lab, kind='stable')
+    idx, lab = idx[order], lab[order]
+    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    groups = sorted((g for g in np.split(idx, starts[1:]) if len(g) >= 30), key=len,
+                    reverse=True)[:64]
+    info = []
+    for g in groups:
+        p = points[g].astype(np.float64)
+        h = p @ n + d
+        info.append((g, p, h, float(np.percentile(h, 99)), p.min(axis=0), p.max(axis=0)))
+    rim = cfg.rim_tolerance
+    parent = list(range(len(info)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def seen_through_opening(f, other) -> bool:
+        _, p, h, _, _, _ = f
+        top = max(f[3], other[3])
+        if h_view <= top + rim:  # the sensor must look down into the opening
+            return False
+        both_p = np.vstack([p, other[1]])
+        both_h = np.concatenate([h, other[2]])
+        ring = both_p[both_h >= top - rim] @ basis.T
+        if len(ring) < 10:
+            return False
+        try:
+            hull = ConvexHull(ring)
+        except (QhullError, ValueError):
+            return False
+        low = h < top - 2 * rim
+        if low.sum() < 0.4 * len(h):
+            return False
+        t = (top - h_view) / (h[low] - h_view)
+        q = (view + t[:, None] * (p[low] - view)) @ basis.T
+        inside = (q @ hull.equations[:, :2].T + hull.equations[:, 2] <= -0.5 * rim).all(axis=1)
+        return bool(inside.mean() >= 0.6)
+
+    def is_handle(f, other) -> bool:
+        if len(f[1]) > 0.25 * len(other[1]) or f[3] > other[3] + rim:
+            return False
+        c = f[1] - f[1].mean(axis=0)
+        var, vec = np.linalg.eigh(c.T @ c / len(c))
+        sd = np.sqrt(np.maximum(var, 0))
+        # a handle is a thin upright loop: thin across, and the thin axis lies flat
+        # (a phone or plate lying beside an object is thin along the vertical)
+        return bool(sd[0] < 0.25 * sd[2] and sd[0] < 0.006 and abs(vec[:, 0] @ n) < 0.5)
+
+    for i in range(len(info)):
+        for j in range(i + 1, len(info)):
+            a, b = info[i], info[j]
+            if abs(a[3] - b[3]) > rim and len(a[1]) < 4 * len(b[1]):
+                continue
+            # the rim between the pieces is thin and often lost, hence a generous gap
+            link = max(4 * rim, 2.0 * cfg.cluster_tolerance * float(np.linalg.norm(a[4] - view)))
+            if (a[4] > b[5] + link).any() or (b[4] > a[5] + link).any():
+                continue
+            sub_a = a[1][::max(1, len(a[1]) // 1500)]
+            sub_b = b[1][::max(1, len(b[1]) // 1500)]
+            if cKDTree(sub_b).query(sub_a, k=1, distance_upper_bound=link)[0].min() > link:
+                continue
+            if (seen_through_opening(a, b) or seen_through_opening(b, a)
+                    or is_handle(b, a) or is_handle(a, b)):
+                parent[root(j)] = root(i)
+    out = labels.copy()
+    for i, (g, *_) in enumerate(info):
+        r = root(i)
+        if r != i:
+            out[g] = labels[info[r][0][0]]
+    return out
+
+
+def _absorb_fragments(points: np.ndarray, labels: np.ndarray, keep: np.ndarray,
+                      cfg: SegmentationConfig) -> np.ndarray:
+    """Give crease shards and cut pixels to the object they touch.
+
+    Sensor noise on curved or concave surfaces (a mug's inside, a bear's fur)
+    breaks off many shards too small to be objects; they would be dropped, and
+    the object they belong to would lose them. A shard within the gap tolerance
+    of a real cluster joins it; one that touches none is left out as before.
+    """
+    from scipy.spatial import cKDTree
+
+    lab = labels.copy()
+    ids, counts = np.unique(lab[lab >= 0], return_counts=True)
+    small_ids = ids[counts < cfg.min_cluster_points]
+    loose = keep & ((lab < 0) | np.isin(lab, small_ids))
+    big = (lab >= 0) & ~loose
+    if not loose.any() or not big.any():
+        return lab
+    loose_idx, big_idx = np.flatnonzero(loose), np.flatnonzero(big)
+    q = points[loose_idx].astype(np.float64)
+    lo, hi = q.min(axis=0) - 0.05, q.max(axis=0) + 0.05
+    bp = points[big_idx].astype(np.float64)
+    near = ((bp >= lo) & (bp <= hi)).all(axis=1)
+    if not near.any():
+        return lab
+    big_idx, bp = big_idx[near], bp[near]
+    rng_ = _norm3(q - np.asarray(cfg.viewpoint))
+    link = cfg.cluster_tolerance * np.maximum(rng_, 0.5) * 2.0
+    dist, nn = cKDTree(bp).query(q, k=1, distance_upper_bound=float(link.max()))
+    ok = np.isfinite(dist) & (dist <= link)
+    lab[loose_idx] = -1
+    lab[loose_idx[ok]] = lab[big_idx[nn[ok]]]
+    return lab
+
+
 # ------------------------------------------------------------------ cluster geometry
 
 def _min_area_rect(uv: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -578,8 +726,7 @@ def oriented_box(points: np.ndarray, plane: np.ndarray | None = None) -> Oriente
         return OrientedBox(c + rot @ ((lo + hi) / 2), hi - lo, rot)
     n = _unit(plane[:3])
     d = float(plane[3]) / np.linalg.norm(plane[:3])
-    a = _unit(np.cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0]))
-    b = np.cross(n, a)
+    a, b = _plane_basis(n)
     uv = np.stack([p @ a, p @ b], axis=1)
     centre2, size2, ang = _min_area_rect(uv)
     ax1 = math.cos(ang) * a + math.sin(ang) * b
@@ -666,6 +813,11 @@ class Segmenter:
             if idx.size:
                 labels[idx] = _voxel_labels(pts[idx].astype(np.float64), cfg, timings)
 
+        t0 = time.perf_counter()
+        labels = _absorb_fragments(pts, labels, keep, cfg)
+        if cfg.merge_containers and planes:
+            labels = _merge_containers(pts, labels, planes[0], cfg)
+        timings['merge'] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         labels, clusters = self._finish(cloud, labels, planes)
         timings['clusters'] = (time.perf_counter() - t0) * 1e3

@@ -94,6 +94,40 @@ def test_stacked_boxes_are_split_by_concave_creases():
 
 
 @needs_mosd
+def test_open_containers_are_one_object():
+    # a cup (learn44) and a pot (learn38): their insides are cut off by the crease
+    # and rim-gap cuts, and rejoined because they are seen through the opening
+    for name, over_without in (('learn44', 1), ('learn38', 1)):
+        cloud = _scan(name)
+        gt, _ = mosd_ground_truth(cloud.fields['label'])
+        m = match_instances(segment(cloud).labels, gt)
+        assert m['matched'] == m['objects'] and m['over_segmented'] == 0, name
+        split = match_instances(segment(cloud, SegmentationConfig(merge_containers=False)).labels,
+                                gt)
+        assert split['over_segmented'] >= over_without, name
+
+
+def test_mug_handle_joins_its_mug():
+    from p3d_perception.training.synthetic import generate_scene, render, sample_camera_pose
+    scene = generate_scene(0, categories=('mug',), n_objects=1, clutter=False)
+    rng = np.random.default_rng(0)
+    pose = sample_camera_pose(scene, rng, distance=(0.7, 0.9), elevation=(45.0, 60.0))
+    frame = render(scene, 'd435', rng, pose=pose)
+    cloud = Cloud.from_points(frame.points.reshape(frame.height, frame.width, 3))
+    mug = frame.instance == 1
+
+    def pieces(cfg):
+        lab = segment(cloud, cfg).labels
+        ids = [i for i in np.unique(lab[mug]) if i >= 0 and (lab[mug] == i).sum() > 50]
+        return ids, max(((lab == i) & mug).sum() / ((lab == i) | mug).sum() for i in ids)
+
+    ids, iou = pieces(SegmentationConfig())
+    assert len(ids) == 1 and iou > 0.85
+    ids, _ = pieces(SegmentationConfig(merge_containers=False))
+    assert len(ids) == 2  # the handle on its own
+
+
+@needs_mosd
 def test_unorganised_labels_follow_input_order():
     cloud = _scan('learn14')
     perm = np.random.default_rng(1).permutation(len(cloud))

@@ -259,11 +259,13 @@ def apply_depth_model(cam: CameraModel, z: np.ndarray, cos_incidence: np.ndarray
         out *= unit
         return out
     # depth discontinuities: the closest 4-neighbour; only the far side of an
-    # edge goes missing or flies, as in real sensors
-    pad = np.pad(out, 1, mode='edge')
-    near = np.minimum(pad[:-2, 1:-1], pad[2:, 1:-1])
-    np.minimum(near, pad[1:-1, :-2], out=near)
-    np.minimum(near, pad[1:-1, 2:], out=near)
+    # edge goes missing or flies, as in real sensors. The pixel itself joins
+    # the minimum (no padding needed): it is never below its own threshold.
+    near = out.copy()
+    np.minimum(near[1:], out[:-1], out=near[1:])
+    np.minimum(near[:-1], out[1:], out=near[:-1])
+    np.minimum(near[:, 1:], out[:, :-1], out=near[:, 1:])
+    np.minimum(near[:, :-1], out[:, 1:], out=near[:, :-1])
     edge = np.flatnonzero(near < out * np.float32(1.0 - cam.edge_threshold))
     flat, near = out.reshape(-1), near.reshape(-1)
     edge = edge[keep.reshape(-1)[edge]]

@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from p3d_perception.training.synthetic.camera import (
-    CameraModel, apply_depth_model, fast_noise, get_camera, orbit_pose, pixel_directions, rotate)
+    CameraModel, apply_depth_model, fast_noise, get_camera, orbit_pose)
 from p3d_perception.training.synthetic.catalogue import CATEGORIES, make_object
 
 log = logging.getLogger(__name__)
@@ -210,15 +210,23 @@ def _take_views(batch, cam: CameraModel, cfg: ViewConfig, colour: bool, frame: s
                 v1 = int(min(cam.height, math.ceil(vv.max() + sv) + 4))
                 if u1 - u0 < 4 or v1 - v0 < 4:
                     continue
-                # principal point shifted = the camera looked slightly beside the object
-                cam_v = cam.replace(cx=cam.cx + su, cy=cam.cy + sv)
-                dirs = pixel_directions(cam_v, u0, v0, u1 - u0, v1 - v0)
-                dw = rotate(dirs.reshape(-1, 3), R)
-                o = np.broadcast_to((eye + off).astype(np.float32), dw.shape)
-                ray_chunks.append(np.concatenate([o, dw], axis=1))
-                n = len(dw)
-                jobs.append(dict(k=k, rng=rng, T=T, dist=dist, el=el, cam=cam_v, box=(u0, v0),
-                                 shape=(v1 - v0, u1 - u0), dirs=dirs, dw=dw, sl=(start, start + n),
+                # principal point shifted = the camera looked slightly beside the object;
+                # camera-frame ray (u, v, 1) per column / row, world ray R @ (u, v, 1)
+                ur = (np.arange(u0, u1, dtype=np.float32) - np.float32(cam.cx + su)) \
+                    / np.float32(cam.fx)
+                vr = (np.arange(v0, v1, dtype=np.float32) - np.float32(cam.cy + sv)) \
+                    / np.float32(cam.fy)
+                n = (u1 - u0) * (v1 - v0)
+                chunk = np.empty((n, 6), np.float32)
+                R32, o = R.astype(np.float32), (eye + off).astype(np.float32)
+                grid = chunk.reshape(v1 - v0, u1 - u0, 6)
+                for j in range(3):
+                    chunk[:, j] = o[j]
+                    np.add((R32[j, 0] * ur)[None, :], (R32[j, 1] * vr + R32[j, 2])[:, None],
+                           out=grid[..., 3 + j])
+                ray_chunks.append(chunk)
+                jobs.append(dict(k=k, rng=rng, T=T, dist=dist, el=el, u=ur, v=vr,
+                                 shape=(v1 - v0, u1 - u0), sl=(start, start + n),
                                  attempt=attempt, lo=lo, hi=hi))
                 start += n
                 break
@@ -226,8 +234,8 @@ def _take_views(batch, cam: CameraModel, cfg: ViewConfig, colour: bool, frame: s
                 jobs.append(None)
     if not ray_chunks:
         return [None] * len(jobs)
-    rays = o3d.core.Tensor(np.concatenate(ray_chunks).astype(np.float32))
-    hit = scene.cast_rays(rays)
+    rays = np.concatenate(ray_chunks)
+    hit = scene.cast_rays(o3d.core.Tensor.from_numpy(rays))
     t_all = hit['t_hit'].numpy()
     g_all = hit['geometry_ids'].numpy()
     p_all = hit['primitive_ids'].numpy()
@@ -237,78 +245,82 @@ def _take_views(batch, cam: CameraModel, cfg: ViewConfig, colour: bool, frame: s
         if job is None:
             out.append(None)
             continue
-        out.append(_finish_view(job, batch[job['k']][0], gids[job['k']], t_all, g_all, p_all,
-                                n_all, cam, cfg, colour, frame, n_points))
+        out.append(_finish_view(job, batch[job['k']][0], gids[job['k']], rays, t_all, g_all,
+                                p_all, n_all, cam, cfg, colour, frame, n_points))
     return out
 
 
-def _finish_view(job, mesh, gid, t_all, g_all, p_all, n_all, cam, cfg, colour, frame,
+def _finish_view(job, mesh, gid, rays, t_all, g_all, p_all, n_all, cam, cfg, colour, frame,
                  n_points):
+    """One view from its rays' hits: sensor model, table cut, occlusion, colour.
+
+    Past the sensor model everything works on the valid pixels only (about a
+    third of the window), one coordinate at a time: a view costs about as
+    much in numpy call overhead as in arithmetic.
+    """
     a, b = job['sl']
     h, w = job['shape']
     rng = job['rng']
     T = job['T']
-    R, eye = T[:3, :3], T[:3, 3]
+    R, eye = T[:3, :3].astype(np.float32), T[:3, 3].astype(np.float32)
     t = t_all[a:b]
-    obj = (g_all[a:b] == gid) & np.isfinite(t)
-    dw = job['dw']
+    obj = g_all[a:b] == gid                 # misses carry an invalid id
+    dx, dy, dz = rays[a:b, 3], rays[a:b, 4], rays[a:b, 5]
     # rays that miss the object meet the (infinite) table plane z = 0
-    dz = dw[:, 2]
-    with np.errstate(divide='ignore', invalid='ignore'):
-        t_tab = np.where(dz < -1e-6, -eye[2] / dz, np.inf)
-    z = np.where(obj, t, t_tab).astype(np.float32)
+    down = dz < -1e-6
+    t_tab = -eye[2] / np.where(down, dz, np.float32(-1.0))
+    t_tab[~down] = np.inf
+    z = np.where(obj, t, t_tab)
     nrm = n_all[a:b]
-    cos = np.where(obj, np.abs(nrm[:, 0] * dw[:, 0] + nrm[:, 1] * dw[:, 1]
-                               + nrm[:, 2] * dw[:, 2]), -dz)
-    cos *= 1.0 / np.sqrt(dw[:, 0] ** 2 + dw[:, 1] ** 2 + dz ** 2)
+    cos = np.abs(nrm[:, 0] * dx + nrm[:, 1] * dy + nrm[:, 2] * dz)
+    cos = np.where(obj, cos, -dz)
+    u, v = job['u'], job['v']
+    cos *= (1.0 / np.sqrt(u[None, :] ** 2 + v[:, None] ** 2 + 1.0)).ravel()   # 1 / |ray|
     depth = apply_depth_model(cam, z.reshape(h, w), cos.reshape(h, w), rng).reshape(-1)
     vi = np.flatnonzero(depth > 0)
-    pc_v = job['dirs'].reshape(-1, 3)[vi] * depth[vi, None]
-    pw_v = rotate(pc_v, R, eye)   # instance table frame
+    row, col = np.divmod(vi, w)
+    pz = depth[vi]
+    px, py = u[col] * pz, v[row] * pz                      # camera frame
+    wx, wy, wz = (R[i, 0] * px + R[i, 1] * py + R[i, 2] * pz + eye[i] for i in range(3))
     thr = float(rng.uniform(*cfg.table_threshold))
     thr = min(thr + float(cam.depth_sigma(job['dist'])), 0.4 * float(job['hi'][2]))
     lo, hi = job['lo'], job['hi']
     m = cfg.stray_margin
-    near = (pw_v[:, 0] > lo[0] - m) & (pw_v[:, 0] < hi[0] + m) & (pw_v[:, 1] > lo[1] - m) \
-        & (pw_v[:, 1] < hi[1] + m)
-    keep = np.zeros(h * w, bool)
-    keep[vi] = (pw_v[:, 2] > thr) & (obj[vi] | near)
-    pc = np.zeros((h * w, 3), np.float32)
-    pc[vi] = pc_v
-    pw = np.zeros((h * w, 3), np.float32)
-    pw[vi] = pw_v
-    if cfg.occlusion_prob > 0 and rng.random() < cfg.occlusion_prob and keep.sum() > 0:
+    near = (wx > lo[0] - m) & (wx < hi[0] + m) & (wy > lo[1] - m) & (wy < hi[1] + m)
+    keep = (wz > thr) & (obj[vi] | near)
+    if cfg.occlusion_prob > 0 and rng.random() < cfg.occlusion_prob and keep.any():
         # an occluder in front: a random straight edge hides up to occlusion_max of the view
         ang = rng.uniform(0, 2 * np.pi)
-        uv = np.stack(np.meshgrid(np.arange(w), np.arange(h)), -1).reshape(-1, 2)
-        s = uv @ np.array([math.cos(ang), math.sin(ang)])
+        s = col * math.cos(ang) + row * math.sin(ang)
         frac = rng.uniform(0.05, cfg.occlusion_max)
         cut = np.quantile(s[keep], frac)
         keep &= s > cut
-    idx = np.flatnonzero(keep)
-    if len(idx) < cfg.min_points:
-        return dict(n=len(idx), attempt=job['attempt'])
-    if n_points is not None and len(idx) > n_points:
-        idx = np.sort(rng.choice(idx, n_points, replace=False))
+    j = np.flatnonzero(keep)
+    if len(j) < cfg.min_points:
+        return dict(n=len(j), attempt=job['attempt'])
+    if n_points is not None and len(j) > n_points:
+        j = np.sort(rng.choice(j, n_points, replace=False))
+    idx = vi[j]
     if colour:
         gain = rng.normal(1.0, 0.05, 3)
-        tri = np.where(obj[idx], p_all[a:b][idx], 0).astype(np.int64)
-        alb = np.where(obj[idx, None], mesh.triangle_colors[tri].astype(np.float32),
-                       _table_albedo(pw[idx, :2], np.array([150.0, 120.0, 90.0]), 0.0))
-        cos_view = cos[idx]
-        n_up = np.where(obj[idx], nrm[idx, 2], 1.0)
-        cols = _shade(alb, cos_view, n_up, cam, rng, gain)
+        ob = obj[idx]
+        tri = p_all[a:b][idx]
+        tri[~ob] = 0
+        alb = np.where(ob[:, None], mesh.vertex_colors[mesh.triangles[tri, 0]].astype(np.float32),
+                       _table_albedo(np.stack([wx[j], wy[j]], 1), np.array([150.0, 120.0, 90.0]),
+                                     0.0))
+        n_up = np.where(ob, nrm[idx, 2], 1.0)
+        cols = _shade(alb, cos[idx], n_up, cam, rng, gain)
     else:
         cols = np.zeros((len(idx), 3), np.uint8)
     if frame == 'camera':
-        pts = pc[idx]
+        pts = np.stack([px[j], py[j], pz[j]], 1)
     else:
         # gravity frame: z up, x = viewing direction on the table, origin under the object
         f = R[:, 2]
         yaw = math.atan2(f[1], f[0])
-        Rz = np.array([[math.cos(yaw), math.sin(yaw), 0], [-math.sin(yaw), math.cos(yaw), 0],
-                       [0, 0, 1.0]])
-        pts = rotate(pw[idx], Rz)
+        c, s = math.cos(yaw), math.sin(yaw)
+        pts = np.stack([c * wx[j] + s * wy[j], c * wy[j] - s * wx[j], wz[j]], 1)
     return dict(points=pts.astype(np.float32), colors=cols, dist=job['dist'], el=job['el'])
 
 

@@ -82,14 +82,15 @@ class Scene:
         sums wrap, T + 1 + (2**32 - 1) = T (misses Open3D reports).
 
         ``render`` also needs the table top and floor as axis-aligned slabs
-        (their tops are intersected analytically) and boxes around everything
-        else (only rays near those are cast); both are kept in the cache.
+        (their tops are intersected analytically) and the convex hull of every
+        other part (only rays inside their outlines are cast); both are kept in
+        the cache.
         """
         if 'rc' in self._cache:
             return self._cache['rc']
         import open3d as o3d
         rc = o3d.t.geometry.RaycastingScene()
-        inst, colours, offsets, slabs, boxes = [], [], [0], [], []
+        inst, colours, offsets, slabs, parts = [], [], [0], [], []
 
         def add(v, t, inst_id, tri_col, slab=False):
             tm = o3d.t.geometry.TriangleMesh()
@@ -100,11 +101,11 @@ class Scene:
             inst.append(inst_id)
             colours.append(np.broadcast_to(tri_col, (len(t), 3)))
             offsets.append(offsets[-1] + len(t))
-            lo, hi = np.min(v, 0), np.max(v, 0)
             if slab:    # (geometry, top z, bottom z, x range, y range)
+                lo, hi = np.min(v, 0), np.max(v, 0)
                 slabs.append((gid, hi[2], lo[2], lo[0], hi[0], lo[1], hi[1]))
             else:
-                boxes.append(np.stack([lo, hi]))
+                parts.append(_hull_points(v))
 
         tx, ty = self.table_size
         if self.support == 'table':
@@ -126,10 +127,7 @@ class Scene:
         rgba = np.zeros((offsets[-1] + 2, 4), np.uint8)
         rgba[:-2, :3] = np.clip(np.rint(np.vstack(colours)), 0, 255)
         offsets[-1] += 1        # misses: see the docstring
-        # the 8 corners of every box, for projecting them into the image
-        corners = np.array([[[b[i, 0], b[j, 1], b[k, 2]] for i in (0, 1) for j in (0, 1)
-                             for k in (0, 1)] for b in boxes]).reshape(-1, 3)
-        self._cache['bounds'] = (sorted(slabs, key=lambda s: -s[1]), corners)
+        self._cache['bounds'] = (sorted(slabs, key=lambda s: -s[1]), parts)
         self._cache['rc'] = (rc, np.asarray(inst + [0], np.int32), rgba.view(np.uint32)[:, 0],
                              np.asarray(offsets, np.uint32))
         return self._cache['rc']
@@ -185,6 +183,16 @@ def _hull(mesh: ObjectMesh) -> np.ndarray:
         h = xy[ConvexHull(xy).vertices]
         mesh.__dict__['_hull'] = h
     return h
+
+
+def _hull_points(v: np.ndarray) -> np.ndarray:
+    """Vertices of the convex hull of points ``v`` (all of them if it is degenerate)."""
+    from scipy.spatial import ConvexHull, QhullError
+    v = np.asarray(v, np.float64)
+    try:
+        return v[ConvexHull(v).vertices]
+    except (QhullError, ValueError):
+        return v
 
 
 def _footprint(mesh: ObjectMesh, T: np.ndarray) -> np.ndarray:
@@ -380,28 +388,72 @@ def _camera_rays(cam: CameraModel) -> dict:
     return c
 
 
-def _box_pixels(corners: np.ndarray, cam: CameraModel, R: np.ndarray, eye: np.ndarray,
-                need: np.ndarray) -> bool:
-    """Mark the image box of every 3D box (8 corners each) in ``need``.
+def _outline_rows(q: np.ndarray, H: int, W: int):
+    """Rows and column spans (r0, lo, hi) of the convex outline of image points ``q``.
 
-    Returns False, marking nothing, when a corner is not in front of the
-    camera: the projection is then unbounded.
+    Conservative by a pixel all round: a row's span covers the outline over
+    the band of rows r - 1 .. r + 1 (exactly: its extent on the band's edges
+    and at the corners inside it), widened by one column each side.
     """
-    if not len(corners):
+    from scipy.spatial import ConvexHull, QhullError
+    try:
+        poly = q[ConvexHull(q).vertices]
+    except (QhullError, ValueError):     # flat outline: its bounding box
+        poly = np.array([[q[:, 0].min(), q[:, 1].min()], [q[:, 0].max(), q[:, 1].min()],
+                         [q[:, 0].max(), q[:, 1].max()], [q[:, 0].min(), q[:, 1].max()]])
+    r0 = max(int(math.floor(poly[:, 1].min())) - 1, 0)
+    r1 = min(int(math.ceil(poly[:, 1].max())) + 2, H)
+    if r0 >= r1:
+        return None
+    lines = np.arange(r0 - 1, r1 + 1, dtype=np.float64)
+    a, b = poly, np.roll(poly, -1, axis=0)
+    dv = b[:, 1] - a[:, 1]
+    with np.errstate(divide='ignore', invalid='ignore'):
+        f = (lines[:, None] - a[:, 1]) / dv
+        cross = (f >= 0) & (f <= 1)
+        u = a[:, 0] + f * (b[:, 0] - a[:, 0])
+    lo_l = np.where(cross, u, np.inf).min(1)
+    hi_l = np.where(cross, u, -np.inf).max(1)
+    lo = np.minimum(lo_l[:-2], lo_l[2:])
+    hi = np.maximum(hi_l[:-2], hi_l[2:])
+    base = np.floor(poly[:, 1]).astype(int)
+    for k in (-1, 0, 1, 2):     # corners within a row of r
+        r = base + k
+        ok = (r >= r0) & (r < r1) & (np.abs(poly[:, 1] - r) <= 1)
+        np.minimum.at(lo, r[ok] - r0, poly[ok, 0])
+        np.maximum.at(hi, r[ok] - r0, poly[ok, 0])
+    return r0, np.clip(np.floor(lo) - 1, 0, W), np.clip(np.ceil(hi) + 1, -1, W - 1)
+
+
+def _part_pixels(parts: list, cam: CameraModel, R: np.ndarray, eye: np.ndarray,
+                 need: np.ndarray) -> bool:
+    """Mark the image outline of every part (convex hull vertices) in ``need``.
+
+    Returns False, marking nothing, when a vertex is not in front of the
+    camera: the outline is then unbounded.
+    """
+    if not parts:
         return True
-    pc = (corners - eye) @ R.astype(np.float64)     # a few dozen points: no threads
+    pts = np.concatenate(parts)
+    pc = (pts - eye) @ R.astype(np.float64)     # a few hundred points: no threads
     z = pc[:, 2]
     if np.any(z <= 1e-3):
         return False
     H, W = need.shape
-    u = (cam.fx * pc[:, 0] / z + cam.cx).reshape(-1, 8)
-    v = (cam.fy * pc[:, 1] / z + cam.cy).reshape(-1, 8)
-    c0 = np.clip(np.floor(u.min(1)) - 1, 0, W).astype(int)
-    c1 = np.clip(np.ceil(u.max(1)) + 2, 0, W).astype(int)
-    r0 = np.clip(np.floor(v.min(1)) - 1, 0, H).astype(int)
-    r1 = np.clip(np.ceil(v.max(1)) + 2, 0, H).astype(int)
-    for a, b, c, d in zip(r0, r1, c0, c1):
-        need[a:b, c:d] = True
+    q = np.column_stack([cam.fx * pc[:, 0] / z + cam.cx, cam.fy * pc[:, 1] / z + cam.cy])
+    cols = np.arange(W)
+    start = 0
+    for p in parts:
+        rows = _outline_rows(q[start:start + len(p)], H, W)
+        start += len(p)
+        if rows is None:
+            continue
+        r0, lo, hi = rows
+        c0, c1 = int(max(lo.min(), 0)), int(min(hi.max() + 1, W))
+        if c0 >= c1:
+            continue
+        c = cols[c0:c1]
+        need[r0:r0 + len(lo), c0:c1] |= (c >= lo[:, None]) & (c <= hi[:, None])
     return True
 
 
@@ -411,14 +463,14 @@ def _trace(scene: Scene, cam: CameraModel, R: np.ndarray, eye: np.ndarray,
 
     Open3D costs ~100 ns a ray, most of a frame. But most rays see the table
     top or the floor, flat slabs: a ray that reaches a slab's top inside its
-    outline, clear of everything else (legs and objects, whose boxes are
-    projected into the image), hits that top, which takes a division. Only the
-    remaining rays, typically a third, are cast; a camera below the top slab
-    or with a box behind it casts all. Ray directions are (3, H*W) world-frame
-    components with camera z = 1, so t is depth.
+    outline, clear of everything else (legs and objects, whose convex hulls
+    are projected into the image), hits that top, which takes a division. Only
+    the remaining rays, typically a sixth, are cast; a camera below the top
+    slab or behind a part's hull vertex casts all. Ray directions are (3, H*W)
+    world-frame components with camera z = 1, so t is depth.
     """
     rc, inst_of, _, _ = scene.raycasting()
-    slabs, corners = scene._cache['bounds']
+    slabs, parts = scene._cache['bounds']
     cr = _camera_rays(cam)
     H, W = cam.height, cam.width
     N = H * W
@@ -432,7 +484,7 @@ def _trace(scene: Scene, cam: CameraModel, R: np.ndarray, eye: np.ndarray,
     g = np.full(N, miss, np.uint32)
     cos = np.abs(dw[2]) * cr['inv_len']             # slab tops: normal = z
     need = np.zeros((H, W), bool)                   # rays Open3D has to cast
-    if not (_box_pixels(corners, cam, R, eye, need) and eye[2] > slabs[0][1] + 1e-3):
+    if not (_part_pixels(parts, cam, R, eye, need) and eye[2] > slabs[0][1] + 1e-3):
         need[:] = True
     need = need.reshape(-1)
     if not need.all():

@@ -225,6 +225,28 @@ def test_render_contract_and_determinism():
     assert not np.array_equal(f.depth, h.depth)
 
 
+def test_render_shortcut_sees_what_casting_every_ray_sees(monkeypatch):
+    """Table top and floor are hit analytically; nothing may change by it."""
+    from p3d_perception.training.synthetic import scene as scene_mod
+    from p3d_perception.training.synthetic.camera import orbit_pose
+    rng = np.random.default_rng(0)
+    for seed, support in ((3, 'table'), (4, 'floor')):
+        scene = generate_scene(seed, n_objects=(6, 10), support=support)
+        poses = [orbit_pose(scene.centre(), rng.uniform(0.4, 2.5), rng.uniform(5, 85),
+                            rng.uniform(0, 360), rng.normal(0, 10)) for _ in range(4)]
+        poses.append(look_at([1.2, -0.9, 0.05], [0.0, 0.0, -0.2]))   # low, under the rim
+        for pose in poses:
+            fast = render(scene, SMALL, 1, pose=pose, noise=False)
+            with monkeypatch.context() as m:
+                m.setattr(scene_mod, '_part_pixels', lambda *a: False)   # cast every ray
+                full = render(scene, SMALL, 1, pose=pose, noise=False)
+            assert np.array_equal(fast.instance, full.instance)
+            dc = np.abs(fast.colors.astype(int) - full.colors)     # light: cos to 1e-7
+            assert dc.max() <= 1 and (dc > 0).mean() < 1e-3
+            assert np.abs(fast.depth - full.depth).max() <= 0.0011   # 1 mm rounding
+            assert (fast.depth != full.depth).mean() < 1e-3
+
+
 @pytest.mark.parametrize('camera', sorted(CAMERA_PRESETS))
 def test_depth_noise_grows_with_distance(camera):
     cam = CAMERA_PRESETS[camera]

@@ -70,9 +70,19 @@ class ObjectMesh:
 
 def _orient(v: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Flip triangles if the closed surface encloses negative volume."""
-    a, b, c = v[t[:, 0]], v[t[:, 1]], v[t[:, 2]]
-    vol = np.einsum('ij,ij->i', a, np.cross(b, c)).sum()
+    a, b, c = v[t[:, 0]].T, v[t[:, 1]].T, v[t[:, 2]].T
+    # a . (b x c) per triangle, written out: np.cross and einsum cost more than
+    # the arithmetic on meshes this small, and every object view builds some
+    vol = (a[0] * (b[1] * c[2] - b[2] * c[1]) + a[1] * (b[2] * c[0] - b[0] * c[2])
+           + a[2] * (b[0] * c[1] - b[1] * c[0])).sum()
     return t if vol >= 0 else t[:, ::-1].copy()
+
+
+def _quads(i0: np.ndarray, i1: np.ndarray, j: np.ndarray, j1: np.ndarray) -> np.ndarray:
+    """Triangles (a, b, c), (b, d, c) of the quads between rings i0 and i1, ring by ring."""
+    a, b = i0[:, None] + j, i0[:, None] + j1
+    c, d = i1[:, None] + j, i1[:, None] + j1
+    return np.stack([np.stack([a, b, c], -1), np.stack([b, d, c], -1)], 1).reshape(-1, 3)
 
 
 def lathe(profile, segments: int = 32, closed: bool = False, phase: float = 0.0):
@@ -99,14 +109,8 @@ def lathe(profile, segments: int = 32, closed: bool = False, phase: float = 0.0)
     verts = rings.reshape(-1, 3)
     j = np.arange(segments)
     j1 = (j + 1) % segments
-    tris = []
-    n_quads = n if closed else n - 1
-    for i in range(n_quads):
-        i1 = (i + 1) % n
-        a, b = i * segments + j, i * segments + j1
-        c, d = i1 * segments + j, i1 * segments + j1
-        tris.append(np.stack([a, b, c], 1))
-        tris.append(np.stack([b, d, c], 1))
+    i = np.arange(n if closed else n - 1)
+    tris = [_quads(i * segments, (i + 1) % n * segments, j, j1)]
     if not closed:
         p0, p1 = len(verts), len(verts) + 1
         verts = np.vstack([verts, [0.0, 0.0, p[0, 1]], [0.0, 0.0, p[-1, 1]]])
@@ -131,17 +135,16 @@ def sweep(path, radii, segments: int = 12, scale_y: float = 1.0):
     for k in range(len(path)):  # parallel transport of the frame
         nrm = nrm - tang[k] * np.dot(nrm, tang[k])
         nrm /= np.linalg.norm(nrm)
-        bi = np.cross(tang[k], nrm)
+        t_, n_ = tang[k], nrm     # np.cross, written out: ~10x faster on 3-vectors
+        bi = np.array([t_[1] * n_[2] - t_[2] * n_[1], t_[2] * n_[0] - t_[0] * n_[2],
+                       t_[0] * n_[1] - t_[1] * n_[0]])
         rings.append(path[k] + radii[k] * (np.cos(th)[:, None] * nrm
                                            + scale_y * np.sin(th)[:, None] * bi))
     verts = np.vstack(rings)
     j = np.arange(segments)
     j1 = (j + 1) % segments
-    tris = []
-    for i in range(len(path) - 1):
-        a, b = i * segments + j, i * segments + j1
-        c, d = a + segments, b + segments
-        tris += [np.stack([a, b, c], 1), np.stack([b, d, c], 1)]
+    i = np.arange(len(path) - 1) * segments
+    tris = [_quads(i, i + segments, j, j1)]
     c0, c1 = len(verts), len(verts) + 1
     verts = np.vstack([verts, path[0], path[-1]])
     last = (len(path) - 1) * segments

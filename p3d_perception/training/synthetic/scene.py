@@ -24,7 +24,8 @@ from typing import Sequence
 import numpy as np
 
 from p3d_perception.training.synthetic.camera import (
-    FRAME_ID, CameraModel, apply_depth_model, fast_noise, get_camera, orbit_pose, pixel_directions)
+    FRAME_ID, CameraModel, apply_depth_model, fast_noise, get_camera, mark_outlines, orbit_pose,
+    pixel_directions)
 from p3d_perception.training.synthetic.catalogue import (
     CATEGORIES, ObjectMesh, box, make_distractor, make_object)
 
@@ -388,54 +389,21 @@ def _camera_rays(cam: CameraModel) -> dict:
     return c
 
 
-# outward normals of a 16-sided outline around a part's image (the hull of its
-# projected vertices, grown to the sides of this polygon): tight to ~2 %
-_DIRS = np.array([[math.cos(a), math.sin(a)] for a in np.arange(16) * (math.pi / 8)])
-_RIGHT, _LEFT = _DIRS[:, 0] > 1e-9, _DIRS[:, 0] < -1e-9
-
-
 def _part_pixels(parts: list, cam: CameraModel, R: np.ndarray, eye: np.ndarray,
                  need: np.ndarray) -> bool:
     """Mark the pixels whose rays may meet a part (convex hull vertices) in ``need``.
 
-    A part's image lies in the 16-gon of lines n.q <= h (h: the most any
-    projected vertex reaches along n). A row r is marked between the widest
-    bounds any of those lines allow over the rows r - 1 .. r + 1 (each bound
-    is linear in the row, so its ends decide), one more column each side:
-    conservative by a pixel all round, at ~20 us a part. Returns False,
-    marking nothing, when a vertex is not in front of the camera: the image
-    is then unbounded.
+    Returns False, marking nothing, when a vertex is not in front of the
+    camera: the image is then unbounded.
     """
     if not parts:
         return True
-    pts = np.concatenate(parts)
-    pc = (pts - eye) @ R.astype(np.float64)     # a few hundred points: no threads
+    pc = (np.concatenate(parts) - eye) @ R.astype(np.float64)   # a few hundred: no threads
     z = pc[:, 2]
     if np.any(z <= 1e-3):
         return False
-    H, W = need.shape
     q = np.column_stack([cam.fx * pc[:, 0] / z + cam.cx, cam.fy * pc[:, 1] / z + cam.cy])
-    starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
-    h = np.maximum.reduceat(q @ _DIRS.T, starts, axis=0)         # (parts, 16)
-    v_lo, v_hi = np.minimum.reduceat(q[:, 1], starts), np.maximum.reduceat(q[:, 1], starts)
-    nx, ny = _DIRS[:, 0], _DIRS[:, 1]
-    cols = np.arange(W)
-    for k in range(len(parts)):
-        r0 = max(int(math.floor(v_lo[k])) - 1, 0)
-        r1 = min(int(math.ceil(v_hi[k])) + 2, H)
-        if r0 >= r1:
-            continue
-        y = np.arange(r0 - 1, r1 + 1, dtype=np.float64)
-        u = (h[k] - ny * y[:, None]) / np.where(_RIGHT | _LEFT, nx, 1.0)   # line u at row y
-        hi = np.maximum(u[:-2, _RIGHT], u[2:, _RIGHT]).min(1)
-        lo = np.minimum(u[:-2, _LEFT], u[2:, _LEFT]).max(1)
-        lo = np.clip(np.floor(lo) - 1, 0, W)
-        hi = np.clip(np.ceil(hi) + 1, -1, W - 1)
-        c0, c1 = int(lo.min()), int(hi.max()) + 1
-        if c0 >= c1:
-            continue
-        c = cols[c0:c1]
-        need[r0:r1, c0:c1] |= (c >= lo[:, None]) & (c <= hi[:, None])
+    mark_outlines(need, q, np.cumsum([0] + [len(p) for p in parts[:-1]]))
     return True
 
 

@@ -304,12 +304,12 @@ def _finish_view(job, mesh, gid, rays, t_all, g_all, p_all, n_all, cam, cfg, col
     if colour:
         gain = rng.normal(1.0, 0.05, 3)
         ob = obj[idx]
-        tri = p_all[a:b][idx]
-        tri[~ob] = 0
-        alb = np.where(ob[:, None], mesh.vertex_colors[mesh.triangles[tri, 0]].astype(np.float32),
-                       _table_albedo(np.stack([wx[j], wy[j]], 1), np.array([150.0, 120.0, 90.0]),
-                                     0.0))
-        n_up = np.where(ob, nrm[idx, 2], 1.0)
+        alb = np.empty((len(idx), 3), np.float32)
+        alb[ob] = mesh.vertex_colors[mesh.triangles[p_all[a:b][idx[ob]], 0]]
+        tab = ~ob                               # strays: table albedo, for them only
+        alb[tab] = _table_albedo(np.stack([wx[j[tab]], wy[j[tab]]], 1),
+                                 np.array([150.0, 120.0, 90.0], np.float32), 0.0)
+        n_up = np.where(ob, nrm[idx, 2], np.float32(1.0))
         cols = _shade(alb, cos[idx], n_up, cam, rng, gain)
     else:
         cols = np.zeros((len(idx), 3), np.uint8)

@@ -607,6 +607,13 @@ def _merge_containers(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
             hull = ConvexHull(ring)
         except (QhullError, ValueError):
             return False
+        # a rim is a ring around an empty middle; two solid tops side by side are not
+        mid = ring[hull.vertices].mean(axis=0)
+        rel = ring - mid
+        radius = np.hypot(rel[:, 0], rel[:, 1])
+        sectors = np.unique((np.arctan2(rel[:, 1], rel[:, 0]) / (np.pi / 8)).astype(int))
+        if len(sectors) < 11 or radius.min() < 0.4 * np.median(radius):
+            return False
         low = h < top - 2 * rim
         if low.sum() < 0.4 * len(h):
             return False
@@ -625,8 +632,19 @@ def _merge_containers(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
         # (a phone or plate lying beside an object is thin along the vertical)
         return bool(sd[0] < 0.25 * sd[2] and sd[0] < 0.006 and abs(vec[:, 0] @ n) < 0.5)
 
+    trees: dict[int, cKDTree] = {}
+
+    def gap(i: int, j: int, link: float) -> float:
+        """Smallest distance between two groups (on at most 1500 points each)."""
+        if j not in trees:
+            trees[j] = cKDTree(info[j][1][::max(1, len(info[j][1]) // 1500)],
+                               balanced_tree=False, compact_nodes=False)
+        sub = info[i][1][::max(1, len(info[i][1]) // 1500)]
+        return float(trees[j].query(sub, k=1, distance_upper_bound=link)[0].min())
+
+    handle_of: dict[int, tuple[float, int]] = {}   # a handle joins only its nearest body
     for i in range(len(info)):
-        for j in range(i + 1, len(info)):
+        for j in range(i + 1, len(info)):     # groups are sorted: i is the larger
             a, b = info[i], info[j]
             if abs(a[3] - b[3]) > rim and len(a[1]) < 4 * len(b[1]):
                 continue
@@ -634,13 +652,15 @@ def _merge_containers(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
             link = max(4 * rim, 2.0 * cfg.cluster_tolerance * float(np.linalg.norm(a[4] - view)))
             if (a[4] > b[5] + link).any() or (b[4] > a[5] + link).any():
                 continue
-            sub_a = a[1][::max(1, len(a[1]) // 1500)]
-            sub_b = b[1][::max(1, len(b[1]) // 1500)]
-            if cKDTree(sub_b).query(sub_a, k=1, distance_upper_bound=link)[0].min() > link:
+            dist = gap(i, j, link)
+            if dist > link:
                 continue
-            if (seen_through_opening(a, b) or seen_through_opening(b, a)
-                    or is_handle(b, a) or is_handle(a, b)):
+            if seen_through_opening(a, b) or seen_through_opening(b, a):
                 parent[root(j)] = root(i)
+            elif is_handle(b, a) and dist < handle_of.get(j, (np.inf, -1))[0]:
+                handle_of[j] = (dist, i)
+    for j, (_, i) in handle_of.items():
+        parent[root(j)] = root(i)
     out = labels.copy()
     for i, (g, *_) in enumerate(info):
         r = root(i)
@@ -661,23 +681,27 @@ def _absorb_fragments(points: np.ndarray, labels: np.ndarray, keep: np.ndarray,
     from scipy.spatial import cKDTree
 
     lab = labels.copy()
-    ids, counts = np.unique(lab[lab >= 0], return_counts=True)
-    small_ids = ids[counts < cfg.min_cluster_points]
-    loose = keep & ((lab < 0) | np.isin(lab, small_ids))
-    big = (lab >= 0) & ~loose
-    if not loose.any() or not big.any():
+    kept = np.flatnonzero(keep)
+    kl = lab[kept]
+    counts = np.bincount(kl[kl >= 0]) if (kl >= 0).any() else np.zeros(0, np.int64)
+    small = counts < cfg.min_cluster_points
+    is_loose = kl < 0
+    is_loose[~is_loose] = small[kl[~is_loose]]
+    if not is_loose.any() or is_loose.all():
         return lab
-    loose_idx, big_idx = np.flatnonzero(loose), np.flatnonzero(big)
+    loose_idx, big_idx = kept[is_loose], kept[~is_loose]
     q = points[loose_idx].astype(np.float64)
     lo, hi = q.min(axis=0) - 0.05, q.max(axis=0) + 0.05
-    bp = points[big_idx].astype(np.float64)
+    bp = points[big_idx]
     near = ((bp >= lo) & (bp <= hi)).all(axis=1)
     if not near.any():
         return lab
-    big_idx, bp = big_idx[near], bp[near]
+    big_idx, bp = big_idx[near], bp[near].astype(np.float64)
     rng_ = _norm3(q - np.asarray(cfg.viewpoint))
     link = cfg.cluster_tolerance * np.maximum(rng_, 0.5) * 2.0
-    dist, nn = cKDTree(bp).query(q, k=1, distance_upper_bound=float(link.max()))
+    # an unbalanced tree builds twice as fast, and this one answers one query
+    tree = cKDTree(bp, balanced_tree=False, compact_nodes=False)
+    dist, nn = tree.query(q, k=1, distance_upper_bound=float(link.max()))
     ok = np.isfinite(dist) & (dist <= link)
     lab[loose_idx] = -1
     lab[loose_idx[ok]] = lab[big_idx[nn[ok]]]

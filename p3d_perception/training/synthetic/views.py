@@ -187,7 +187,6 @@ def _take_views(batch, cam: CameraModel, cfg: ViewConfig, colour: bool, frame: s
         tm.triangle.indices = o3d.core.Tensor(mesh.triangles)
         gids.append(scene.add_triangles(tm))
     jobs = []
-    ray_chunks = []
     start = 0
     for k, (mesh, rngs) in enumerate(batch):
         lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
@@ -197,7 +196,6 @@ def _take_views(batch, cam: CameraModel, cfg: ViewConfig, colour: bool, frame: s
         corners = mesh.vertices[::step]
         corners = np.vstack([corners, mesh.vertices[np.argmin(mesh.vertices, 0)],
                              mesh.vertices[np.argmax(mesh.vertices, 0)]])
-        off = np.array([k * _SPACING, 0.0, 0.0])
         for rng in rngs:
             for attempt in range(4):
                 d_hi = cfg.distance[1] if attempt == 0 else cfg.distance[0] + (
@@ -233,14 +231,6 @@ def _take_views(batch, cam: CameraModel, cfg: ViewConfig, colour: bool, frame: s
                 vr = (np.arange(v0, v1, dtype=np.float32) - np.float32(cam.cy + sv)) \
                     / np.float32(cam.fy)
                 n = (u1 - u0) * (v1 - v0)
-                chunk = np.empty((n, 6), np.float32)
-                R32, o = R.astype(np.float32), (eye + off).astype(np.float32)
-                grid = chunk.reshape(v1 - v0, u1 - u0, 6)
-                for j in range(3):
-                    chunk[:, j] = o[j]
-                    np.add((R32[j, 0] * ur)[None, :], (R32[j, 1] * vr + R32[j, 2])[:, None],
-                           out=grid[..., 3 + j])
-                ray_chunks.append(chunk)
                 jobs.append(dict(k=k, rng=rng, T=T, dist=dist, el=el, u=ur, v=vr,
                                  shape=(v1 - v0, u1 - u0), sl=(start, start + n),
                                  attempt=attempt, lo=lo, hi=hi))
@@ -248,9 +238,22 @@ def _take_views(batch, cam: CameraModel, cfg: ViewConfig, colour: bool, frame: s
                 break
             else:
                 jobs.append(None)
-    if not ray_chunks:
+    if not start:
         return [None] * len(jobs)
-    rays = np.concatenate(ray_chunks)
+    # all rays in one buffer, written in place (origin, R @ (u, v, 1) per view)
+    rays = np.empty((start, 6), np.float32)
+    for job in jobs:
+        if job is None:
+            continue
+        a, b = job['sl']
+        R32 = job['T'][:3, :3].astype(np.float32)
+        o = (job['T'][:3, 3] + [job['k'] * _SPACING, 0.0, 0.0]).astype(np.float32)
+        grid = rays[a:b].reshape(*job['shape'], 6)
+        ur, vr = job['u'], job['v']
+        for j in range(3):
+            rays[a:b, j] = o[j]
+            np.add((R32[j, 0] * ur)[None, :], (R32[j, 1] * vr + R32[j, 2])[:, None],
+                   out=grid[..., 3 + j])
     hit = scene.cast_rays(o3d.core.Tensor.from_numpy(rays))
     t_all = hit['t_hit'].numpy()
     g_all = hit['geometry_ids'].numpy()
@@ -309,7 +312,13 @@ def _finish_view(job, mesh, gid, rays, t_all, g_all, p_all, n_all, cam, cfg, col
         ang = rng.uniform(0, 2 * np.pi)
         s = col * math.cos(ang) + row * math.sin(ang)
         frac = rng.uniform(0.05, cfg.occlusion_max)
-        cut = np.quantile(s[keep], frac)
+        # np.quantile(s[keep], frac) (linear), from a partial sort: 3x faster
+        sk = s[keep]
+        q = frac * (len(sk) - 1)
+        k0 = int(math.floor(q))
+        k1 = min(k0 + 1, len(sk) - 1)
+        part = np.partition(sk, (k0, k1))
+        cut = part[k0] + (part[k1] - part[k0]) * (q - k0)
         keep &= s > cut
     j = np.flatnonzero(keep)
     if len(j) < cfg.min_points:

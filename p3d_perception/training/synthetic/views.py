@@ -213,15 +213,18 @@ def _take_views(batch, cam: CameraModel, cfg: ViewConfig, colour: bool, frame: s
                     continue
                 u = cam.fx * pc[:, 0] / pc[:, 2] + cam.cx
                 vv = cam.fy * pc[:, 1] / pc[:, 2] + cam.cy
+                umin, umax, vmin, vmax = float(u.min()), float(u.max()), float(vv.min()), \
+                    float(vv.max())
                 shift = rng.uniform(-0.3, 0.3, 2) * [cam.width, cam.height]
-                su = np.clip(shift[0], -u.min(), cam.width - 1 - u.max()) \
-                    if u.max() - u.min() < cam.width else 0.0
-                sv = np.clip(shift[1], -vv.min(), cam.height - 1 - vv.max()) \
-                    if vv.max() - vv.min() < cam.height else 0.0
-                u0 = int(max(0, math.floor(u.min() + su) - 3))
-                u1 = int(min(cam.width, math.ceil(u.max() + su) + 4))
-                v0 = int(max(0, math.floor(vv.min() + sv) - 3))
-                v1 = int(min(cam.height, math.ceil(vv.max() + sv) + 4))
+                # np.clip on scalars, in plain floats
+                su = min(max(float(shift[0]), -umin), cam.width - 1 - umax) \
+                    if umax - umin < cam.width else 0.0
+                sv = min(max(float(shift[1]), -vmin), cam.height - 1 - vmax) \
+                    if vmax - vmin < cam.height else 0.0
+                u0 = int(max(0, math.floor(umin + su) - 3))
+                u1 = int(min(cam.width, math.ceil(umax + su) + 4))
+                v0 = int(max(0, math.floor(vmin + sv) - 3))
+                v1 = int(min(cam.height, math.ceil(vmax + sv) + 4))
                 if u1 - u0 < 4 or v1 - v0 < 4:
                     continue
                 # principal point shifted = the camera looked slightly beside the object;

@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 from scipy import ndimage
@@ -81,7 +81,7 @@ class SegmentationConfig:
     max_cluster_points: int = 0       #: clusters with more input points are dropped (0 = off)
     min_cluster_size: float = 0.02    #: clusters whose largest side is shorter are dropped (m)
     max_cluster_size: float = 0.9     #: clusters whose largest side is longer are dropped (m)
-    merge_containers: bool = True     #: rejoin the inside of open containers to their walls
+    merge_containers: bool = True     #: rejoin container insides and handles to their object
     rim_tolerance: float = 0.01       #: rims of one container agree in height within this (m)
     seed: int = 0                     #: RANSAC random seed (results are deterministic)
 
@@ -550,20 +550,33 @@ def _plane_basis(n: np.ndarray) -> np.ndarray:
     return np.stack([a, np.cross(n, a)])
 
 
-def _merge_containers(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
-                      cfg: SegmentationConfig) -> np.ndarray:
-    """Rejoin the inside of an open container (cup, bowl, pot) to its outer wall.
+class _Piece(NamedTuple):
+    """A cluster candidate as the merge step sees it."""
+
+    indices: np.ndarray
+    points: np.ndarray      # (N, 3) float64
+    heights: np.ndarray     # (N,) above the support plane
+    top: float              # 99th percentile height: the rim, robust to flying pixels
+    lo: np.ndarray          # bounding box corners
+    hi: np.ndarray
+
+
+def _merge_parts(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
+                 cfg: SegmentationConfig) -> np.ndarray:
+    """Rejoin what the cuts split off an object: a container's inside, a handle.
 
     The inner wall meets the floor of a container in a concave crease, and the
     front rim hides part of the inside, so the crease and gap cuts that separate
-    stacked objects also split every container in two. Both pieces end at the
-    same rim height, and the inside is seen *through the opening*: the ray from
-    the sensor to an inner point crosses the rim's height inside the rim. That
-    cannot happen for a separate object beside or behind another of the same
-    height, whose top is solid and would have hidden the point.
+    stacked objects also split every cup, bowl and pot in two. Both pieces end at
+    the same rim height, their rims together ring an empty middle, and the inside
+    is seen *through the opening*: the ray from the sensor to an inner point
+    crosses the rim's height inside the ring. Two separate objects of equal height
+    side by side have solid tops that do not ring anything.
+
+    A handle meets its body in two thin creases. It is a thin upright slab, much
+    smaller than the body, no higher than it, and it joins only the nearest body.
     """
-    from scipy.spatial import QhullError, cKDTree
-    from scipy.spatial import ConvexHull
+    from scipy.spatial import ConvexHull, QhullError, cKDTree
 
     idx = np.flatnonzero(labels >= 0)
     if idx.size == 0:
@@ -573,19 +586,19 @@ def _merge_containers(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     view = np.asarray(cfg.viewpoint, dtype=np.float64)
     h_view = float(view @ n + d)
     basis = _plane_basis(n)
+    rim = cfg.rim_tolerance
     lab = labels[idx]
     order = np.argsort(lab, kind='stable')
     idx, lab = idx[order], lab[order]
     starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
-    groups = sorted((g for g in np.split(idx, starts[1:]) if len(g) >= 30), key=len,
-                    reverse=True)[:64]
-    info = []
-    for g in groups:
+    pieces = []
+    for g in sorted((g for g in np.split(idx, starts[1:]) if len(g) >= 30), key=len,
+                    reverse=True)[:64]:
         p = points[g].astype(np.float64)
         h = p @ n + d
-        info.append((g, p, h, float(np.percentile(h, 99)), p.min(axis=0), p.max(axis=0)))
-    rim = cfg.rim_tolerance
-    parent = list(range(len(info)))
+        pieces.append(_Piece(g, p, h, float(np.percentile(h, 99)), p.min(axis=0),
+                             p.max(axis=0)))
+    parent = list(range(len(pieces)))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -593,64 +606,62 @@ def _merge_containers(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
             i = parent[i]
         return i
 
-    def seen_through_opening(f, other) -> bool:
-        _, p, h, _, _, _ = f
-        top = max(f[3], other[3])
+    def seen_through_opening(f: _Piece, other: _Piece) -> bool:
+        top = max(f.top, other.top)
         if h_view <= top + rim:  # the sensor must look down into the opening
             return False
-        both_p = np.vstack([p, other[1]])
-        both_h = np.concatenate([h, other[2]])
-        ring = both_p[both_h >= top - rim] @ basis.T
+        ring = np.vstack([f.points[f.heights >= top - rim],
+                          other.points[other.heights >= top - rim]]) @ basis.T
         if len(ring) < 10:
             return False
         try:
             hull = ConvexHull(ring)
         except (QhullError, ValueError):
             return False
-        # a rim is a ring around an empty middle; two solid tops side by side are not
-        mid = ring[hull.vertices].mean(axis=0)
-        rel = ring - mid
+        # a rim rings an empty middle: rim points all around (11 of 16 sectors), none
+        # near the centre
+        rel = ring - ring[hull.vertices].mean(axis=0)
         radius = np.hypot(rel[:, 0], rel[:, 1])
         sectors = np.unique((np.arctan2(rel[:, 1], rel[:, 0]) / (np.pi / 8)).astype(int))
         if len(sectors) < 11 or radius.min() < 0.4 * np.median(radius):
             return False
-        low = h < top - 2 * rim
-        if low.sum() < 0.4 * len(h):
+        low = f.heights < top - 2 * rim
+        if low.sum() < 0.4 * len(f.heights):
             return False
-        t = (top - h_view) / (h[low] - h_view)
-        q = (view + t[:, None] * (p[low] - view)) @ basis.T
+        t = (top - h_view) / (f.heights[low] - h_view)
+        q = (view + t[:, None] * (f.points[low] - view)) @ basis.T
         inside = (q @ hull.equations[:, :2].T + hull.equations[:, 2] <= -0.5 * rim).all(axis=1)
         return bool(inside.mean() >= 0.6)
 
-    def is_handle(f, other) -> bool:
-        if len(f[1]) > 0.25 * len(other[1]) or f[3] > other[3] + rim:
+    def is_handle(f: _Piece, body: _Piece) -> bool:
+        if len(f.points) > 0.25 * len(body.points) or f.top > body.top + rim:
             return False
-        c = f[1] - f[1].mean(axis=0)
+        c = f.points - f.points.mean(axis=0)
         var, vec = np.linalg.eigh(c.T @ c / len(c))
         sd = np.sqrt(np.maximum(var, 0))
-        # a handle is a thin upright loop: thin across, and the thin axis lies flat
-        # (a phone or plate lying beside an object is thin along the vertical)
+        # thin across, and the thin axis lies flat (a phone or plate lying beside an
+        # object is thin along the vertical)
         return bool(sd[0] < 0.25 * sd[2] and sd[0] < 0.006 and abs(vec[:, 0] @ n) < 0.5)
 
     trees: dict[int, cKDTree] = {}
 
     def gap(i: int, j: int, link: float) -> float:
-        """Smallest distance between two groups (on at most 1500 points each)."""
+        """Smallest distance between two pieces (on at most 1500 points each)."""
         if j not in trees:
-            trees[j] = cKDTree(info[j][1][::max(1, len(info[j][1]) // 1500)],
+            trees[j] = cKDTree(pieces[j].points[::max(1, len(pieces[j].points) // 1500)],
                                balanced_tree=False, compact_nodes=False)
-        sub = info[i][1][::max(1, len(info[i][1]) // 1500)]
+        sub = pieces[i].points[::max(1, len(pieces[i].points) // 1500)]
         return float(trees[j].query(sub, k=1, distance_upper_bound=link)[0].min())
 
-    handle_of: dict[int, tuple[float, int]] = {}   # a handle joins only its nearest body
-    for i in range(len(info)):
-        for j in range(i + 1, len(info)):     # groups are sorted: i is the larger
-            a, b = info[i], info[j]
-            if abs(a[3] - b[3]) > rim and len(a[1]) < 4 * len(b[1]):
+    handle_of: dict[int, tuple[float, int]] = {}   # handle -> (distance, nearest body)
+    for i in range(len(pieces)):
+        for j in range(i + 1, len(pieces)):     # sorted by size: i is the larger
+            a, b = pieces[i], pieces[j]
+            if abs(a.top - b.top) > rim and len(a.points) < 4 * len(b.points):
                 continue
             # the rim between the pieces is thin and often lost, hence a generous gap
-            link = max(4 * rim, 2.0 * cfg.cluster_tolerance * float(np.linalg.norm(a[4] - view)))
-            if (a[4] > b[5] + link).any() or (b[4] > a[5] + link).any():
+            link = max(4 * rim, 2.0 * cfg.cluster_tolerance * float(np.linalg.norm(a.lo - view)))
+            if (a.lo > b.hi + link).any() or (b.lo > a.hi + link).any():
                 continue
             dist = gap(i, j, link)
             if dist > link:
@@ -662,10 +673,10 @@ def _merge_containers(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     for j, (_, i) in handle_of.items():
         parent[root(j)] = root(i)
     out = labels.copy()
-    for i, (g, *_) in enumerate(info):
+    for i, piece in enumerate(pieces):
         r = root(i)
         if r != i:
-            out[g] = labels[info[r][0][0]]
+            out[piece.indices] = labels[pieces[r].indices[0]]
     return out
 
 
@@ -840,7 +851,7 @@ class Segmenter:
         t0 = time.perf_counter()
         labels = _absorb_fragments(pts, labels, keep, cfg)
         if cfg.merge_containers and planes:
-            labels = _merge_containers(pts, labels, planes[0], cfg)
+            labels = _merge_parts(pts, labels, planes[0], cfg)
         timings['merge'] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         labels, clusters = self._finish(cloud, labels, planes)

@@ -16,8 +16,9 @@ Concave creases are what separate stacked and touching objects (a box standing o
 another meets it in a valley, while the box's own edges are ridges): a point is a
 crease when the mean of its neighbourhood lies on the open side of its surface.
 The same cuts break off noise shards and split open containers from their
-insides; two merge steps undo that (shards join the cluster they touch; an
-inside seen through a rim joins its wall).
+insides and mugs from their handles; two merge steps undo that (shards join the
+cluster they touch; an inside seen through a rim joins its wall, a handle its
+nearest body).
 
 Labels are always per input point, in input order (-1 = not an object), because
 the node republishes them with the original cloud and evaluation compares them
@@ -239,11 +240,15 @@ def _ransac_planes(points: np.ndarray, cfg: SegmentationConfig, rng: np.random.G
     return planes
 
 
+def _plane_basis(n: np.ndarray) -> np.ndarray:
+    """Two unit in-plane axes (rows) for 2D footprints on a plane with normal ``n``."""
+    a = _unit(np.cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0]))
+    return np.stack([a, np.cross(n, a)])
+
+
 def _plane_extent(points: np.ndarray, n: np.ndarray) -> float:
     """Robust largest in-plane size (5th-95th percentile) of a plane's inliers."""
-    a = _unit(np.cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0]))
-    b = np.cross(n, a)
-    uv = np.stack([points @ a, points @ b], axis=1)
+    uv = points @ _plane_basis(n).T
     lo, hi = np.percentile(uv, [5, 95], axis=0)
     return float((hi - lo).max())
 
@@ -281,6 +286,20 @@ def find_support_planes(points: np.ndarray, cfg: SegmentationConfig,
 
 
 # ------------------------------------------------------------------ helpers
+
+def _label_groups(labels: np.ndarray) -> list[np.ndarray]:
+    """Input indices of each label >= 0, largest group first (ties keep label order)."""
+    idx = np.flatnonzero(labels >= 0)
+    if idx.size == 0:
+        return []
+    lab = labels[idx]
+    order = np.argsort(lab, kind='stable')
+    idx, lab = idx[order], lab[order]
+    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    groups = np.split(idx, starts[1:])
+    groups.sort(key=len, reverse=True)
+    return groups
+
 
 def _range_mask(points: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:
     """Finite points inside the range shell and the crop box."""
@@ -542,13 +561,7 @@ def _voxel_labels(points: np.ndarray, cfg: SegmentationConfig,
     return comp[inv]
 
 
-# ------------------------------------------------------------------ open containers
-
-def _plane_basis(n: np.ndarray) -> np.ndarray:
-    """Two unit in-plane axes (rows) for 2D footprints on a plane with normal ``n``."""
-    a = _unit(np.cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0]))
-    return np.stack([a, np.cross(n, a)])
-
+# ------------------------------------------------------------------ merge steps
 
 class _Piece(NamedTuple):
     """A cluster candidate as the merge step sees it."""
@@ -578,8 +591,8 @@ def _merge_parts(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     """
     from scipy.spatial import ConvexHull, QhullError, cKDTree
 
-    idx = np.flatnonzero(labels >= 0)
-    if idx.size == 0:
+    groups = _label_groups(labels)
+    if not groups:
         return labels
     n = np.asarray(plane[:3], dtype=np.float64)
     d = float(plane[3])
@@ -587,13 +600,8 @@ def _merge_parts(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     h_view = float(view @ n + d)
     basis = _plane_basis(n)
     rim = cfg.rim_tolerance
-    lab = labels[idx]
-    order = np.argsort(lab, kind='stable')
-    idx, lab = idx[order], lab[order]
-    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
     pieces = []
-    for g in sorted((g for g in np.split(idx, starts[1:]) if len(g) >= 30), key=len,
-                    reverse=True)[:64]:
+    for g in [g for g in groups if len(g) >= 30][:64]:
         p = points[g].astype(np.float64)
         h = p @ n + d
         pieces.append(_Piece(g, p, h, float(np.percentile(h, 99)), p.min(axis=0),
@@ -863,16 +871,10 @@ class Segmenter:
                 planes: list[np.ndarray]) -> tuple[np.ndarray, list[Cluster]]:
         """Size filters, consecutive ids (largest first) and cluster geometry."""
         cfg = self.config
-        idx = np.flatnonzero(labels >= 0)
         out = np.full(len(labels), -1, dtype=np.int32)
-        if idx.size == 0:
+        groups = _label_groups(labels)
+        if not groups:
             return out, []
-        lab = labels[idx]
-        order = np.argsort(lab, kind='stable')
-        idx, lab = idx[order], lab[order]
-        starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
-        groups = np.split(idx, starts[1:])
-        groups.sort(key=len, reverse=True)
         plane = planes[0] if planes else None
         clusters = []
         for g in groups:

@@ -152,24 +152,23 @@ def propose_round_two(dataset: Path, out: Path, model: Path, accept_above: float
     wrote are kept, and every other group whose proposal scores at least ``S`` gets
     it. The bags' ground truth only scores the proposals, it never chooses them.
     """
-    from p3d_perception.training.bags import relabel_dataset
+    from p3d_perception.training.bags import load_dataset, read_group_labels, relabel_dataset
     t0 = time.time()
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(dataset, out)
-    before = {r['group_id']: r['label'] for r in
-              csv.DictReader((dataset / 'labels.csv').open(encoding='utf-8'))}
+    before = read_group_labels(dataset / 'labels.csv')
     relabel_dataset(out, model=model, device='cpu', accept_above=accept_above,
                     command='p3d bench finetune (round two)', progress=False)
-    after = {r['group_id']: r['label'] for r in
-             csv.DictReader((out / 'labels.csv').open(encoding='utf-8'))}
+    relabelled = load_dataset(out)
+    after = read_group_labels(relabelled.labels_csv)
     truth = collections.defaultdict(collections.Counter)
-    for r in csv.DictReader((out / 'clusters.csv').open(encoding='utf-8')):
-        truth[r['group_id']][r['gt_label'] or '-'] += 1
-    added = [g for g, lab in after.items() if lab and not before.get(g)]
+    for r in relabelled.rows:
+        truth[int(r['group_id'])][r['gt_label'] or '-'] += 1
+    added = [g for g in after if g not in before]
     right = sum(truth[g].most_common(1)[0][0] == after[g] for g in added)
-    return {'accept_above': accept_above, 'groups': len(after),
-            'groups_labelled_by_the_person': sum(bool(v) for v in before.values()),
+    return {'accept_above': accept_above, 'groups': len(relabelled.group_ids),
+            'groups_labelled_by_the_person': len(before),
             'groups_labelled_by_proposals': len(added),
             'proposal_precision_vs_ground_truth': round(right / max(len(added), 1), 3),
             'time_s': round(time.time() - t0, 1)}

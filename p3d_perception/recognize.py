@@ -176,9 +176,28 @@ class Recognizer:
                 self._proto_cache[c] = p
         other = [c for c in missing if c not in self._prompt_labels]
         if other:
-            for c, p in zip(other, self._space.prototypes(other).float().cpu()):
+            for c, p in zip(other, self.model.zero_shot_prototypes(other).float().cpu()):
                 self._proto_cache[c] = p
         return torch.stack([self._proto_cache[c] for c in labels])
+
+    def set_descriptions(self, path: str | Path | None) -> int:
+        """Use the user's description lines (YAML: label -> lines) over the bundled ones.
+
+        Only a model aligned to descriptions (``label_text: descriptions``) reads them;
+        for others this is refused, because their prototypes are built from names.
+        Returns how many labels the file describes; ``None`` or '' clears them.
+        """
+        from p3d_perception.model.descriptions import load_descriptions
+        lines = dict(load_descriptions(path)) if path else {}
+        if lines and self.model.cfg.label_text != 'descriptions':
+            raise InputError(f'model {self.card.get("name")} builds label prototypes from '
+                             'names (label_text: names); descriptions need a model trained '
+                             'with label_text: descriptions')
+        with self._lock:
+            self.model.extra_descriptions = lines
+            self._proto_cache.clear()
+            self.set_vocabulary(self.vocabulary)
+        return len(lines)
 
     def set_vocabulary(self, labels: Sequence[str]) -> None:
         """Set the labels to classify into.
@@ -201,7 +220,7 @@ class Recognizer:
             protos = self._prototypes(clean)
             self.vocabulary = clean
             self._protos = protos
-            self._text_protos = self._space.prototypes(clean).float().cpu()
+            self._text_protos = self.model.zero_shot_prototypes(clean).float().cpu()
             self._plain = self._space.encode(clean).float().cpu()
             self._bias = torch.tensor([self.seen_bias if c in self._trained_labels else 0.0
                                        for c in clean])

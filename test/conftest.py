@@ -62,9 +62,10 @@ def make_tiny_model():
     from p3d_perception.model.config import ModelConfig
     from p3d_perception.model.factory import create_model
 
-    def make(out=None, *, vocabulary=(), prompt_labels=(), seed=0, command='test fixture'):
+    def make(out=None, *, vocabulary=(), prompt_labels=(), seed=0, command='test fixture',
+             label_text='names'):
         torch.manual_seed(seed)
-        model = create_model(from_dict(ModelConfig, TINY_MODEL))
+        model = create_model(from_dict(ModelConfig, {**TINY_MODEL, 'label_text': label_text}))
         if out is None:
             return model
         return save_model(model, out, vocabulary=list(vocabulary),

@@ -95,6 +95,37 @@ def test_minilm_space_semantics_and_cache(minilm):
     assert p.shape == (2, 384) and len(TEMPLATES) >= 10
 
 
+def test_description_prototypes_follow_the_lexicon(minilm):
+    from p3d_perception.model.descriptions import load_descriptions
+    from p3d_perception.training.synthetic import CATEGORIES
+    lexicon = load_descriptions()
+    missing = [c for c in CATEGORIES if c not in lexicon]
+    assert not missing, f'catalogue labels without descriptions: {missing}'
+    assert all(len(lines) >= 2 for lines in lexicon.values())
+    protos = minilm.prototypes(['kettle', 'Stapler', 'no such thing'], descriptions=lexicon)
+    lines = minilm.encode(list(lexicon['kettle']))
+    torch.testing.assert_close(protos[0], torch.nn.functional.normalize(lines.mean(0), dim=0))
+    names = minilm.prototypes(['kettle', 'no such thing'])
+    assert float(protos[0] @ names[0]) < 0.99                      # the lines, not the name
+    torch.testing.assert_close(protos[2], names[1])                # no entry: name templates
+    # a model aligned to descriptions uses them; the default model uses names
+    cfg = from_dict(ModelConfig, {**TINY, 'label_text': 'descriptions'})
+    model = create_model(cfg, minilm)
+    torch.testing.assert_close(model.zero_shot_prototypes(['kettle'])[0], protos[0])
+    plain = create_model(from_dict(ModelConfig, TINY), minilm)
+    torch.testing.assert_close(plain.zero_shot_prototypes(['kettle'])[0], names[0])
+    with pytest.raises(ConfigError, match='label_text'):
+        from_dict(ModelConfig, {**TINY, 'label_text': 'captions'})
+
+
+def test_bad_lexicon_file_is_refused(tmp_path):
+    from p3d_perception.model.descriptions import load_descriptions
+    bad = tmp_path / 'lex.yaml'
+    bad.write_text('kettle: [a kettle, 3]\n')
+    with pytest.raises(ValueError, match='kettle'):
+        load_descriptions(bad)
+
+
 def test_fast_inference_tower_matches_fp32(minilm):
     texts = ['a photo of a coffee mug.', 'something to drink from']
     batch = minilm.tokenizer(texts, padding=True, return_tensors='pt')

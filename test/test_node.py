@@ -16,6 +16,7 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import PointCloud2, PointField
+import torch
 from visualization_msgs.msg import Marker, MarkerArray
 import yaml
 
@@ -232,3 +233,32 @@ def test_model_path_change_swaps_the_model_without_restart(harness, scan_msg_fac
     dets = harness.send(scan_msg_factory(harness.node))
     assert dets.detections
     assert {d.label for d in dets.detections} <= {'widget', 'gadget', 'unknown'}
+
+
+def test_descriptions_file_reaches_the_label_prototypes(harness, tmp_path, make_tiny_model):
+    """A user's description lines change the prototypes of a descriptions-aligned model."""
+    lines = tmp_path / 'my_objects.yaml'
+    lines.write_text('widget: [a widget, a small blue plastic cube with one round hole]\n')
+    describe = SetParameters.Request(parameters=[_param(
+        'descriptions_file', ParameterType.PARAMETER_STRING, string_value=str(lines))])
+    result = harness.call(harness.set_params, describe).results[0]
+    assert not result.successful and 'label_text' in result.reason   # a names model refuses
+    aligned = make_tiny_model(tmp_path / 'desc', vocabulary=['widget', 'mug'],
+                              label_text='descriptions', command='test')
+    swap = SetParameters.Request(parameters=[_param(
+        'model_path', ParameterType.PARAMETER_STRING, string_value=str(aligned))])
+    assert harness.call(harness.set_params, swap).results[0].successful
+    rec = harness.node.pipeline.recognizer
+    before = rec._protos[rec.vocabulary.index('widget')].clone()
+    result = harness.call(harness.set_params, describe).results[0]
+    assert result.successful, result.reason
+    rec = harness.node.pipeline.recognizer
+    after = rec._protos[rec.vocabulary.index('widget')]
+    want = rec._space.encode(['a widget', 'a small blue plastic cube with one round hole'])
+    torch.testing.assert_close(after, torch.nn.functional.normalize(want.mean(0), dim=0))
+    assert float(before @ after) < 0.99
+    broken = SetParameters.Request(parameters=[_param(
+        'descriptions_file', ParameterType.PARAMETER_STRING,
+        string_value=str(tmp_path / 'missing.yaml'))])
+    result = harness.call(harness.set_params, broken).results[0]
+    assert not result.successful and 'missing.yaml' in result.reason

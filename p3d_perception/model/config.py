@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from p3d_perception.config import ConfigError
 
 ENCODER_KINDS = ('pointvit', 'frozen_lens')
+LABEL_TEXTS = ('names', 'descriptions')
 
 
 @dataclass
@@ -81,8 +82,15 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     init_temperature: float = 0.07
+    #: what a label's zero-shot prototype is made of: 'names' (the name in templates) or
+    #: 'descriptions' (its lines in model/descriptions.yaml; names where it has none).
+    #: Part of the model: the encoder is aligned to one or the other.
+    label_text: str = 'names'
 
     def validate(self) -> None:
+        if self.label_text not in LABEL_TEXTS:
+            raise ConfigError(f'model.label_text must be one of {LABEL_TEXTS}, '
+                              f'got {self.label_text!r}')
         if not self.text_space:
             raise ConfigError('model.text_space must be set (minilm or openclip:ARCH/WEIGHTS)')
         if self.init_temperature <= 0:

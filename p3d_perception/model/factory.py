@@ -10,12 +10,14 @@ rebuilt from the name in the model card.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from p3d_perception.model.config import ModelConfig
+from p3d_perception.model.descriptions import load_descriptions
 from p3d_perception.model.encoder import PointViT
 from p3d_perception.model.grouping import PreparedBatch
 from p3d_perception.model.prompt import PromptLearner
@@ -45,6 +47,8 @@ class P3DModel(nn.Module):
         #: labelled example embeddings (Tip-Adapter cache) from a fine-tune, or None:
         #: {'keys': (N, D), 'labels': list of N names, 'alpha': float, 'beta': float}
         self.example_cache: dict | None = None
+        #: the user's own description lines (label -> lines), over the bundled lexicon
+        self.extra_descriptions: dict[str, tuple[str, ...]] = {}
 
     @property
     def space(self) -> TextSpace:
@@ -54,10 +58,33 @@ class P3DModel(nn.Module):
         return self.encoder(batch.patches, batch.centers, batch.scale)
 
     def prompt_prototypes(self, names: Sequence[str]) -> torch.Tensor:
-        return self.prompt(self.space, names)
+        """Prompt-head prototypes: the context before each name, or before each of its lines.
+
+        A model aligned to descriptions tunes its context in front of the same lines its
+        zero-shot prototypes average, so tuned and untuned labels stay comparable.
+        """
+        lexicon = self.descriptions
+        if not lexicon:
+            return self.prompt(self.space, names)
+        groups = [list(lexicon.get(' '.join(n.lower().split())) or [n]) for n in names]
+        feats = self.prompt(self.space, [line for g in groups for line in g])
+        out, start = [], 0
+        for g in groups:
+            out.append(feats[start:start + len(g)].mean(dim=0))
+            start += len(g)
+        return F.normalize(torch.stack(out), dim=-1)
+
+    @property
+    def descriptions(self) -> Mapping[str, Sequence[str]] | None:
+        """Label -> description lines, when this model was aligned to descriptions."""
+        if self.cfg.label_text != 'descriptions':
+            return None
+        return {**load_descriptions(), **self.extra_descriptions}
 
     def zero_shot_prototypes(self, names: Sequence[str]) -> torch.Tensor:
-        return self.space.prototypes(names).to(self.logit_scale.device)
+        """Text prototypes of ``names`` the way this model was aligned (names or descriptions)."""
+        return self.space.prototypes(names, descriptions=self.descriptions).to(
+            self.logit_scale.device)
 
     def scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=math.log(100.0)).exp()

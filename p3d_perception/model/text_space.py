@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -143,13 +143,23 @@ class TextSpace(nn.Module):
                     del self._cache[t]
             return out
 
-    def prototypes(self, labels: Sequence[str],
-                   templates: Sequence[str] = TEMPLATES) -> torch.Tensor:
-        """Zero-shot label prototypes (L, dim): template-averaged, renormalised."""
+    def prototypes(self, labels: Sequence[str], templates: Sequence[str] = TEMPLATES,
+                   descriptions: Mapping[str, Sequence[str]] | None = None) -> torch.Tensor:
+        """Zero-shot label prototypes (L, dim), renormalised means of text features.
+
+        A label found in ``descriptions`` averages its description lines; any other
+        label averages the name ``templates``.
+        """
         labels = [_canonical(x) for x in labels]
-        texts = [t.format(label) for label in labels for t in templates]
-        feats = self.encode(texts).reshape(len(labels), len(templates), -1)
-        return F.normalize(feats.mean(dim=1), dim=-1)
+        descriptions = descriptions or {}
+        lines = [list(descriptions.get(label.lower()) or [t.format(label) for t in templates])
+                 for label in labels]
+        feats = self.encode([t for group in lines for t in group])
+        out, start = [], 0
+        for group in lines:
+            out.append(feats[start:start + len(group)].mean(dim=0))
+            start += len(group)
+        return F.normalize(torch.stack(out), dim=-1)
 
     def query_features(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(prototype, plain) features of a free-text query from one encoder call."""

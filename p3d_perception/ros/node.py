@@ -258,13 +258,15 @@ class PerceptionNode(Node):
                     self._model_vocabulary = list(recognizer.vocabulary)
                     self.pipeline.recognizer = recognizer
                     self.pipeline.memory.clear()  # embeddings of another model don't compare
+                elif new['descriptions_file'] != self._params['descriptions_file']:
+                    self.pipeline.recognizer.set_descriptions(new['descriptions_file'])
                 if recognizer is not None or new['vocabulary'] != self._params['vocabulary']:
                     self.pipeline.set_vocabulary(list(new['vocabulary'])
                                                  or self._model_vocabulary)
                 self._apply_config(config)
             if new['target_frame'] != self._params['target_frame']:
                 self._tf = self._make_tf(new['target_frame'])
-        except (cfg.ConfigError, ModelError, ValueError) as exc:
+        except (cfg.ConfigError, ModelError, ValueError, OSError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         changed = sorted(k for k in new if new[k] != self._params[k])
         self._params = new
@@ -306,6 +308,8 @@ class PerceptionNode(Node):
             text_space=values['text_space'] or None)
         if values['device'] == 'cuda' and recognizer.device != 'cuda':
             self.get_logger().warning('CUDA requested but not available: running on CPU')
+        if values['descriptions_file']:
+            recognizer.set_descriptions(values['descriptions_file'])
         return recognizer
 
     # ---------------------------------------------------------------- tf2

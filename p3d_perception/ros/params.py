@@ -168,6 +168,9 @@ def _node_specs() -> list[ParamSpec]:
         spec('vocabulary', [], _T.PARAMETER_STRING_ARRAY,
              'Labels to recognise; empty = the model\'s own vocabulary. Any words work '
              '(open vocabulary); changes apply at once'),
+        spec('descriptions_file', '', _T.PARAMETER_STRING,
+             'YAML of label: [lines saying what it looks like], over the bundled lexicon; '
+             "read by models trained with label_text: descriptions. Empty = bundled only"),
         spec('top_k', PipelineConfig.top_k, _T.PARAMETER_INTEGER,
              'Alternative labels reported per detection', int_range=(1, 50)),
         spec('unknown_threshold', PipelineConfig.unknown_threshold, _T.PARAMETER_DOUBLE,

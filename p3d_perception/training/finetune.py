@@ -63,8 +63,10 @@ IGNORE = ('', '-', 'ignore')
 class SSLConfig:
     """ACT-style masked point modelling against the frozen encoder (0 steps = off).
 
-    On by default because it helped where measured: ``p3d bench finetune`` new-category
-    top-1 72.2 % with 150 steps against 51.9 % without (README, "Fine-tune").
+    On by default because it helped on average where measured, though not reliably:
+    ``p3d bench finetune`` seeds 2026-2028, new-category top-1 66.1 % with 150 steps
+    against 64.1 % without; over eight data draws the difference ran from -24.9 to +27.1
+    points (README, "Fine-tune on your robot's data").
     """
 
     steps: int = 150

@@ -32,8 +32,13 @@ def _lexicon(path: str) -> dict[str, tuple[str, ...]]:
         if not isinstance(lines, list) or not all(isinstance(x, str) and x.strip()
                                                   for x in lines):
             raise ValueError(f'{path}: {label!r} must map to a list of non-empty strings')
-        out[' '.join(str(label).lower().split())] = tuple(' '.join(x.split()) for x in lines)
+        out[label_key(str(label))] = tuple(' '.join(x.split()) for x in lines)
     return out
+
+
+def label_key(label: str) -> str:
+    """How a label is looked up in a lexicon: lower case, single spaces."""
+    return ' '.join(label.lower().split())
 
 
 def load_descriptions(path: str | Path | None = None) -> Mapping[str, tuple[str, ...]]:

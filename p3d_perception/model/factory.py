@@ -13,15 +13,14 @@ import math
 from typing import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from p3d_perception.model.config import ModelConfig
-from p3d_perception.model.descriptions import load_descriptions
+from p3d_perception.model.descriptions import label_key, load_descriptions
 from p3d_perception.model.encoder import PointViT
 from p3d_perception.model.grouping import PreparedBatch
 from p3d_perception.model.prompt import PromptLearner
-from p3d_perception.model.text_space import TextSpace, load_text_space
+from p3d_perception.model.text_space import TextSpace, group_means, load_text_space
 
 
 def build_encoder(cfg: ModelConfig, space: TextSpace) -> nn.Module:
@@ -66,13 +65,8 @@ class P3DModel(nn.Module):
         lexicon = self.descriptions
         if not lexicon:
             return self.prompt(self.space, names)
-        groups = [list(lexicon.get(' '.join(n.lower().split())) or [n]) for n in names]
-        feats = self.prompt(self.space, [line for g in groups for line in g])
-        out, start = [], 0
-        for g in groups:
-            out.append(feats[start:start + len(g)].mean(dim=0))
-            start += len(g)
-        return F.normalize(torch.stack(out), dim=-1)
+        groups = [list(lexicon.get(label_key(n)) or [n]) for n in names]
+        return group_means(self.prompt(self.space, [line for g in groups for line in g]), groups)
 
     @property
     def descriptions(self) -> Mapping[str, Sequence[str]] | None:

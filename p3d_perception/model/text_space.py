@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from p3d_perception.model.descriptions import label_key
 from p3d_perception.model.errors import ModelError
 
 LOG = logging.getLogger(__name__)
@@ -71,6 +72,15 @@ TINY_OPENCLIP_CONFIG = {
     'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 64, 'heads': 2,
                  'layers': 2},
 }
+
+
+def group_means(feats: torch.Tensor, groups: Sequence[Sequence[str]]) -> torch.Tensor:
+    """Renormalised mean of each group's rows of ``feats`` (rows in group order)."""
+    out, start = [], 0
+    for group in groups:
+        out.append(feats[start:start + len(group)].mean(dim=0))
+        start += len(group)
+    return F.normalize(torch.stack(out), dim=-1)
 
 
 def _canonical(text: str) -> str:
@@ -152,14 +162,9 @@ class TextSpace(nn.Module):
         """
         labels = [_canonical(x) for x in labels]
         descriptions = descriptions or {}
-        lines = [list(descriptions.get(label.lower()) or [t.format(label) for t in templates])
-                 for label in labels]
-        feats = self.encode([t for group in lines for t in group])
-        out, start = [], 0
-        for group in lines:
-            out.append(feats[start:start + len(group)].mean(dim=0))
-            start += len(group)
-        return F.normalize(torch.stack(out), dim=-1)
+        groups = [list(descriptions.get(label_key(label)) or [t.format(label) for t in templates])
+                  for label in labels]
+        return group_means(self.encode([t for g in groups for t in g]), groups)
 
     def query_features(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(prototype, plain) features of a free-text query from one encoder call."""

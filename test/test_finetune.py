@@ -176,3 +176,35 @@ def test_eval_on_a_bag_dataset_reports_per_class(tiny_model, dataset, tmp_path):
     user = evaluate_dataset(tiny_model, dataset, out_dir=tmp_path / 'user')   # labels.csv
     assert user['summary']['data']['labels'] == 'labels.csv' and user['summary']['clusters'] > 0
     assert len(user['predictions']) == len(user['cluster_ids']) == len(user['labels'])
+
+
+def test_frozen_features_score_the_starting_models_embeddings(tiny_model, dataset):
+    """The benchmark's feature probe: a labelled cluster's nearest labelled neighbour is itself."""
+    from p3d_perception.benchmarks.finetune import frozen_features
+    from p3d_perception.training.bags import load_dataset, read_labels
+    labelled = read_labels(load_dataset(dataset))
+    r = frozen_features(tiny_model, dataset, dataset, {'banana'},
+                        set(CATEGORIES) - {'banana'})
+    assert r['labelled_clusters'] == len(labelled) > 0
+    assert 0 < r['test_clusters'] <= len(labelled)
+    nn_ = r['nearest_neighbour']
+    # the fixture's groups are pure (test_bags checks it), so each test cluster is a
+    # labelled cluster carrying its own ground truth, and its own nearest neighbour
+    assert nn_['new_top1'] == 1.0 and nn_['old_top1'] == 1.0
+    assert set(nn_['per_class_top1']) <= set(CATEGORIES)
+    assert 0.0 <= r['nearest_class_mean']['old_top1'] <= 1.0
+
+
+def test_new_robot_camera_scales_the_presets_noise():
+    from p3d_perception.benchmarks.finetune import new_robot_camera
+    from p3d_perception.training.synthetic.camera import get_camera
+    d435, tof = get_camera('d435'), get_camera('azure_kinect')
+    same = new_robot_camera(1.0, 'd435')
+    assert same.disparity_sigma == d435.disparity_sigma
+    assert same.random_dropout == d435.random_dropout
+    loud = new_robot_camera(2.0)
+    assert loud.name == 'new_robot_tof_x2' and loud.depth_model == 'tof'
+    assert loud.tof_sigma0 == 2 * tof.tof_sigma0 and loud.tof_sigma1 == 2 * tof.tof_sigma1
+    assert loud.flying_pixel_prob > tof.flying_pixel_prob
+    with pytest.raises(ValueError, match='unknown camera'):
+        new_robot_camera(1.0, 'no_such_camera')

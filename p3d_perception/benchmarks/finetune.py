@@ -9,7 +9,12 @@ depth noise and more flying pixels, a lower and closer head (elevation 18-35 deg
 trained on. Its bags are recorded, extracted with ``p3d bags extract``, labelled the
 way a person would (whole object groups, at most ``--labels-per-class`` clusters per
 category, from the bags' ground truth), fine-tuned with ``p3d finetune`` with and
-without the self-supervised step, and evaluated on bags of other scenes. With
+without the self-supervised step, and evaluated on bags of other scenes. Beside the
+fine-tunes, ``frozen_features`` scores the starting model's own embeddings of the same
+labelled clusters (nearest class mean, nearest neighbour): how much of the result the
+features carry before any training. ``--camera d435 --noise-scale 1 --elevation 30,60
+--distance 0.7,1.5`` runs the same with the bundled model's own sensor and viewpoint,
+the control without a sensor gap. With
 ``--self-train-above S`` a second round does what a user might do next: the
 fine-tuned model's proposals scoring at least S fill the groups nobody labelled
 (``p3d bags label --accept-above``), and the fine-tune runs again on both.
@@ -36,6 +41,9 @@ OLD = ('mug', 'apple', 'teapot', 'can', 'cereal box', 'bowl', 'bottle', 'banana'
        'milk carton')
 
 
+_KIND = {'tof': 'time of flight', 'stereo': 'active stereo'}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--new', default=','.join(NEW), help='categories to learn (comma list)')
     parser.add_argument('--old', default=','.join(OLD),
@@ -53,8 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--work', default='.p3d_cache/bench_finetune',
                         help='folder for the bags, datasets and models')
     parser.add_argument('--seed', type=int, default=2026)
+    parser.add_argument('--camera', default='azure_kinect',
+                        help='camera preset the new robot starts from (azure_kinect: time of '
+                        'flight, unlike the bundled model\'s d435; d435 with --noise-scale 1 '
+                        '--elevation 30,60 --distance 0.7,1.5 is the bundled model\'s own '
+                        'sensor and viewpoint, the control without a sensor gap)')
     parser.add_argument('--noise-scale', type=float, default=2.0,
-                        help='depth noise of the new robot relative to the azure_kinect preset')
+                        help='depth noise of the new robot relative to its camera preset')
     parser.add_argument('--self-train-above', type=float, default=0.0,
                         help='also run a second round: accept the fine-tuned model\'s '
                         'proposals on the unlabelled groups scoring at least this (p3d bags '
@@ -65,14 +78,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--distance', default='0.55,1.0', help='camera distance range, m')
 
 
-def new_robot_camera(noise_scale: float = 2.0):
-    """The azure_kinect preset with its noise (and noise-driven artefacts) scaled."""
+def new_robot_camera(noise_scale: float = 2.0, preset: str = 'azure_kinect'):
+    """A camera preset with its noise (and noise-driven artefacts) scaled."""
     from p3d_perception.training.synthetic.camera import get_camera
-    base = get_camera('azure_kinect')
+    base = get_camera(preset)
     extra = max(0.0, noise_scale - 1.0)
-    return base.replace(name=f'new_robot_tof_x{noise_scale:g}',
+    kind = 'tof' if preset == 'azure_kinect' else preset
+    return base.replace(name=f'new_robot_{kind}_x{noise_scale:g}',
                         tof_sigma0=base.tof_sigma0 * noise_scale,
                         tof_sigma1=base.tof_sigma1 * noise_scale,
+                        disparity_sigma=base.disparity_sigma * noise_scale,
                         flying_pixel_prob=min(0.9, base.flying_pixel_prob + 0.1 * extra),
                         random_dropout=base.random_dropout * (1 + extra),
                         colour_noise=base.colour_noise * noise_scale)
@@ -185,6 +200,44 @@ def _scores(report: dict, new: set[str], old: set[str]) -> dict:
             'per_class_top1': per}
 
 
+def frozen_features(model: Path, train_dataset: Path, test_dataset: Path,
+                    new: set[str], old: set[str]) -> dict:
+    """What the starting model's embeddings already tell apart, before any training.
+
+    The labelled clusters' embeddings are the only training: each test cluster goes to
+    the label of the nearest class mean (NCM) or the nearest labelled cluster (1-NN),
+    among the labelled categories only. That is an easier test than the fine-tuned
+    model's (the full vocabulary), so it bounds from above what a fine-tune that keeps
+    these features could reach; a fine-tune that stays near it is limited by the
+    features, not by its training.
+    """
+    from p3d_perception.recognize import Recognizer
+    from p3d_perception.training.bags import load_dataset, read_labels
+    from p3d_perception.training.evaluate import ground_truth_labels
+    from p3d_perception.training.finetune import dataset_clusters
+    rec = Recognizer.from_checkpoint(model, device='cpu')
+    rec.set_up_vector(None)                 # dataset clusters are gravity-aligned already
+    train_ds, test_ds = load_dataset(train_dataset), load_dataset(test_dataset)
+    labelled = read_labels(train_ds)
+    classes = sorted(set(labelled.values()))
+    truth = {k: v for k, v in ground_truth_labels(test_ds).items() if v in classes}
+    tr = dataset_clusters(train_ds, labelled, classes)
+    te = dataset_clusters(test_ds, truth, classes)
+    tr, te = (d.subset(np.flatnonzero(d.labels >= 0)) for d in (tr, te))
+    a, b = rec.embed(tr.points, tr.colors), rec.embed(te.points, te.colors)
+    means = np.stack([a[tr.labels == i].mean(0) for i in range(len(classes))])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    names = np.asarray(classes)
+    out = {'vocabulary': f'the {len(classes)} labelled categories only',
+           'labelled_clusters': int(len(tr)), 'test_clusters': int(len(te))}
+    for key, pred in (('nearest_class_mean', (b @ means.T).argmax(1)),
+                      ('nearest_neighbour', tr.labels[(b @ a.T).argmax(1)])):
+        report = {'predictions': names[pred].tolist(), 'labels': names[te.labels].tolist()}
+        scores = _scores(report, new, old)
+        out[key] = {k: scores[k] for k in ('new_top1', 'old_top1', 'per_class_top1')}
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
     from p3d_perception.model.checkpoint import read_card
     from p3d_perception.resources import default_model_path
@@ -202,7 +255,7 @@ def run(args: argparse.Namespace) -> dict:
     overlap = sorted(set(new) & trained)
     if overlap:
         raise ValueError(f'--new must be categories {model} was not trained on: {overlap}')
-    cam = new_robot_camera(args.noise_scale)
+    cam = new_robot_camera(args.noise_scale, args.camera)
     elevation = tuple(float(x) for x in args.elevation.split(','))
     distance = tuple(float(x) for x in args.distance.split(','))
     t_start = time.time()
@@ -223,7 +276,7 @@ def run(args: argparse.Namespace) -> dict:
     before = evaluate_dataset(model, datasets['test'], ground_truth=True,
                               out_dir=work / 'eval_before')
     result = {
-        'new_robot': {'camera': f'{cam.name}: azure_kinect preset (time of flight; the '
+        'new_robot': {'camera': f'{cam.name}: {args.camera} preset ({_KIND[cam.depth_model]}; the '
                       f'bundled model saw a d435) with depth noise x{args.noise_scale:g}',
                       'viewpoint': f'elevation {elevation[0]:g}-{elevation[1]:g} deg, '
                       f'{distance[0]:g}-{distance[1]:g} m (bundled model data: 30-60 deg, '
@@ -234,6 +287,8 @@ def run(args: argparse.Namespace) -> dict:
         'labelled_clusters_per_class': budget,
         'data_prep_s': round(prep_s, 1),
         'before': _scores(before, set(new), set(old)),
+        'frozen_features': frozen_features(model, datasets['train'], datasets['test'],
+                                           set(new), set(old)),
     }
     rounds = [('finetune', 0, datasets['train']),
               ('finetune_ssl', args.ssl_steps, datasets['train'])]

@@ -133,6 +133,18 @@ def evaluate_model(model_dir: str | Path, *, views=None, seed: int = 12345,
     return report
 
 
+def ground_truth_labels(dataset) -> dict[int, str]:
+    """cluster id -> category of a synthetic bag dataset's clusters that show one object.
+
+    A cluster counts when it covers its object with IoU >= 0.5; '-' is background and
+    'unknown' the world's unlabelled distractor shapes: neither is a category to score
+    (nor a label to add to the vocabulary).
+    """
+    return {int(r['cluster_id']): r['gt_label'] for r in dataset.rows
+            if r.get('gt_label') not in (None, '', '-', 'unknown')
+            and float(r.get('gt_iou') or 0) >= 0.5}
+
+
 def evaluate_dataset(model_dir: str | Path, dataset_dir: str | Path, *,
                      labels_file: str | Path | None = None, ground_truth: bool = False,
                      device: str = 'cpu', out_dir: str | Path | None = None) -> dict:
@@ -149,11 +161,7 @@ def evaluate_dataset(model_dir: str | Path, dataset_dir: str | Path, *,
     card = rec.card
     dataset = load_dataset(dataset_dir)
     if ground_truth:
-        # '-' is background, 'unknown' the world's unlabelled distractor shapes: neither is
-        # a category to score (nor a label to add to the vocabulary)
-        labels = {int(r['cluster_id']): r['gt_label'] for r in dataset.rows
-                  if r.get('gt_label') not in (None, '', '-', 'unknown')
-                  and float(r.get('gt_iou') or 0) >= 0.5}
+        labels = ground_truth_labels(dataset)
         source = {'dataset': str(dataset_dir),
                   'labels': 'ground truth (gt_iou >= 0.5; distractors and background left out)'}
     else:

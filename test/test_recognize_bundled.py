@@ -132,3 +132,23 @@ def test_described_labels_transfer_to_untrained_categories(rec):
         model.set_vocabulary(held)        # scored among the untrained names only
         top1[name] = np.mean([r.label == t for r, t in zip(model.classify(pts, cols), truth)])
     assert top1['descriptions'] > max(0.4, top1['names'] + 0.05), top1
+
+
+def test_frozen_backbone_variant_trains_a_small_share_and_recognises(views):
+    """models/p3d_minilm_lens: MiniLM's frozen layers come from the text space, not the file."""
+    lens = MODEL.parent / 'p3d_minilm_lens'
+    r = Recognizer.from_checkpoint(lens, device='cpu')
+    card = r.card
+    assert card['model']['encoder']['kind'] == 'frozen_lens'
+    share = card['parameters']['encoder_trained_share']
+    assert 0.0 < share <= 0.1
+    # only the trained share is stored: fp32 weights of the trained parameters, no more
+    assert (lens / 'model.safetensors').stat().st_size < 4.5 * card['parameters'][
+        'encoder_trained'] + 2 ** 20
+    trained = set(card['training']['train_categories'])
+    cats = list(views.categories)
+    keep = [i for i in range(len(views)) if cats[views.view(i)[2]] in trained]
+    r.set_vocabulary(cats)
+    res = r.classify([views.view(i)[0] for i in keep], [views.view(i)[1] for i in keep])
+    top1 = np.mean([x.label == cats[views.view(i)[2]] for x, i in zip(res, keep)])
+    assert top1 > 0.5 > 10 / len(cats)

@@ -206,10 +206,9 @@ def frozen_features(model: Path, train_dataset: Path, test_dataset: Path,
 
     The labelled clusters' embeddings are the only training: each test cluster goes to
     the label of the nearest class mean (NCM) or the nearest labelled cluster (1-NN),
-    among the labelled categories only. That is an easier test than the fine-tuned
-    model's (the full vocabulary), so it bounds from above what a fine-tune that keeps
-    these features could reach; a fine-tune that stays near it is limited by the
-    features, not by its training.
+    among the labelled categories only (an easier test than the fine-tuned model's full
+    vocabulary). A fine-tune that ends near these figures added little to what the
+    features already told apart: better features, not more training, would move it.
     """
     from p3d_perception.recognize import Recognizer
     from p3d_perception.training.bags import load_dataset, read_labels

@@ -42,6 +42,7 @@ setup(
     entry_points={
         'console_scripts': [
             'perception_node = p3d_perception.ros.node:main',
+            'managed_perception_node = p3d_perception.ros.managed_node:main',
             'p3d = p3d_perception.cli:main',
         ],
     },

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     'bags',         # p3d bags extract|label
     'finetune',     # p3d finetune
     'demo',         # p3d demo
+    'play',         # p3d play BAG (a rosbag2 player for where ros2 bag is missing)
     'bench',        # p3d bench <name>
 )
 

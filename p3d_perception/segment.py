@@ -98,10 +98,9 @@ class SegmentationConfig:
         if self.min_range < 0 or self.min_range >= self.max_range:
             raise ConfigError(f'segmentation.min_range must be in [0, max_range), got '
                               f'{self.min_range}')
-        if (self.crop_min is None) != (self.crop_max is None):
-            raise ConfigError('segmentation.crop_min and crop_max must be given together')
-        if self.crop_min is not None and any(a >= b for a, b in zip(self.crop_min,
-                                                                    self.crop_max)):
+        # Each corner alone is a half-open box (set one at a time with `ros2 param set`).
+        if self.crop_min is not None and self.crop_max is not None and any(
+                a >= b for a, b in zip(self.crop_min, self.crop_max)):
             raise ConfigError(f'segmentation.crop_min {self.crop_min} must be below crop_max '
                               f'{self.crop_max} on every axis')
         if self.organized_stride < 1:
@@ -308,9 +307,11 @@ def _range_mask(points: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:
     r2 = (x - v[0]) ** 2 + (y - v[1]) ** 2 + (z - v[2]) ** 2
     mask = (r2 >= cfg.min_range ** 2) & (r2 <= cfg.max_range ** 2)  # NaN compares False
     if cfg.crop_min is not None:
-        lo, hi = cfg.crop_min, cfg.crop_max
-        mask &= (x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1])
-        mask &= (z >= lo[2]) & (z <= hi[2])
+        lo = cfg.crop_min
+        mask &= (x >= lo[0]) & (y >= lo[1]) & (z >= lo[2])
+    if cfg.crop_max is not None:
+        hi = cfg.crop_max
+        mask &= (x <= hi[0]) & (y <= hi[1]) & (z <= hi[2])
     return mask
 
 

@@ -20,9 +20,15 @@ import yaml
 LEXICON = Path(__file__).with_name('descriptions.yaml')
 
 
-@functools.lru_cache(maxsize=None)
-def _lexicon(path: str) -> dict[str, tuple[str, ...]]:
-    data = yaml.safe_load(Path(path).read_text(encoding='utf-8')) or {}
+@functools.lru_cache(maxsize=64)
+def _lexicon(path: str, stamp: tuple[int, int]) -> dict[str, tuple[str, ...]]:
+    """Parse a lexicon; ``stamp`` (mtime, size) keys the cache so an edited file is re-read."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding='utf-8')) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f'{path}: not valid YAML ({exc})') from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f'{path}: not UTF-8 text ({exc})') from None
     if not isinstance(data, dict):
         raise ValueError(f'{path}: expected a mapping of label -> list of descriptions')
     out: dict[str, tuple[str, ...]] = {}
@@ -43,4 +49,9 @@ def label_key(label: str) -> str:
 
 def load_descriptions(path: str | Path | None = None) -> Mapping[str, tuple[str, ...]]:
     """Label -> description lines, from ``path`` or the bundled lexicon."""
-    return _lexicon(str(path or LEXICON))
+    path = Path(path or LEXICON)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ValueError(f'cannot read descriptions file {path}: {exc.strerror}') from None
+    return _lexicon(str(path), (st.st_mtime_ns, st.st_size))

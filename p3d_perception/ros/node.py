@@ -5,21 +5,33 @@
 A thin shell over :class:`p3d_perception.pipeline.Pipeline`: it converts
 messages, keeps only the newest frame (a robot wants what is there now, not a
 backlog), publishes, and maps parameters to the core's config dataclasses.
-Frame processing and the query service live in separate callback groups on a
-multi-threaded executor, so a query is answered while a frame is being processed.
+
+Two flavours share everything in :class:`PerceptionBase`: the plain
+:class:`PerceptionNode` (the default executable, ``perception_node``) configures and
+activates itself at start-up; the managed node in ``ros/managed_node.py`` does the
+same steps on ``ros2 lifecycle set`` transitions.
+
+One rule holds for every callback: no input takes the process down. A frame that
+cannot be converted or processed is counted with its reason on ``/diagnostics`` and
+skipped; a parameter change that fails for any reason is a rejected change; a query
+that fails gets ``success=false`` and the reason. Frames, queries and housekeeping run
+in separate callback groups on a multi-threaded executor, so a query is answered while
+a frame is being processed.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import statistics
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import rclpy
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
@@ -32,7 +44,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
 from p3d_perception import config as cfg
-from p3d_perception.cloud import Cloud, CloudError, depth_image_to_cloud, pointcloud2_to_cloud
+from p3d_perception.cloud import Cloud, depth_image_to_cloud, pointcloud2_to_cloud
 from p3d_perception.pipeline import Pipeline, PipelineConfig, QueryError
 from p3d_perception.recognize import ModelError, Recognizer
 from p3d_perception.resources import default_model_path
@@ -48,97 +60,162 @@ _ARRAY_TYPES = {ParameterType.PARAMETER_STRING_ARRAY: Parameter.Type.STRING_ARRA
                 ParameterType.PARAMETER_DOUBLE_ARRAY: Parameter.Type.DOUBLE_ARRAY,
                 ParameterType.PARAMETER_INTEGER_ARRAY: Parameter.Type.INTEGER_ARRAY,
                 ParameterType.PARAMETER_BOOL_ARRAY: Parameter.Type.BOOL_ARRAY}
+_EMPTY_ARRAY_INPUTS = (Parameter.Type.BYTE_ARRAY, Parameter.Type.BOOL_ARRAY,
+                       Parameter.Type.INTEGER_ARRAY, Parameter.Type.DOUBLE_ARRAY,
+                       Parameter.Type.STRING_ARRAY, Parameter.Type.STRING)
 #: parameters whose change needs the model reloaded
 _MODEL_PARAMS = ('model_path', 'text_space', 'device', 'backend')
+_CHOICES = {'input_type': ('pointcloud', 'depth'),
+            'input_qos': ('sensor_data', 'reliable'),
+            'device': ('auto', 'cuda', 'cpu'), 'backend': ('torch', 'onnxruntime')}
 
 
-class PerceptionNode(Node):
-    """Subscribes to a depth camera; publishes what is on the table and answers queries."""
+class StartupError(RuntimeError):
+    """A parameter or file that makes the node unable to start; main prints one line."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__('p3d_perception', **kwargs)
+
+def input_qos(name: str) -> QoSProfile:
+    """The subscription profile for camera input.
+
+    Depth 1 either way: while a frame is processed only the newest one waits, older
+    ones are dropped. ``sensor_data`` (best effort) matches every camera driver;
+    ``reliable`` only matches reliable publishers, and makes a slow link back-pressure.
+    """
+    reliability = (ReliabilityPolicy.BEST_EFFORT if name == 'sensor_data'
+                   else ReliabilityPolicy.RELIABLE)
+    return QoSProfile(depth=1, reliability=reliability, durability=DurabilityPolicy.VOLATILE,
+                      history=HistoryPolicy.KEEP_LAST)
+
+
+class PerceptionBase:
+    """Parameters, pipeline, callbacks and outputs shared by both node flavours.
+
+    Mixed into an rclpy ``Node`` (or ``LifecycleNode``); the steps are split the way
+    the managed node's transitions need them: declare, configure (load the model),
+    activate (subscribe), deactivate, cleanup.
+    """
+
+    pipeline: Pipeline | None
+
+    # ----------------------------------------------------------- declaration
+    def _declare(self) -> None:
         self._specs = {s.name: s for s in all_specs()}
         for s in self._specs.values():
-            # rclpy cannot infer an array type from an empty list: declare the type itself
-            self.declare_parameter(s.name, _ARRAY_TYPES.get(s.descriptor.type, s.default)
-                                   if s.default == [] else s.default, s.descriptor)
-        self._params = {name: self._read(name) for name in self._specs}
-        self._validate_choices(self._params)
+            # rclpy cannot infer an array type from an empty list: declare the type itself,
+            # then give it its empty value, so bulk `get_parameters` (param dump, rqt) works
+            if s.default == []:
+                self.declare_parameter(s.name, _ARRAY_TYPES[s.descriptor.type], s.descriptor)
+                try:
+                    self.get_parameter(s.name).value
+                except ParameterUninitializedException:
+                    self.set_parameters([Parameter(s.name, _ARRAY_TYPES[s.descriptor.type],
+                                                   [])])
+            else:
+                self.declare_parameter(s.name, s.default, s.descriptor)
+        self._params = {name: self.get_parameter(name).value for name in self._specs}
+        problem = self._check_values(self._params)
+        if problem:
+            raise StartupError(problem)
         self._stats = collections.Counter()
+        self._reasons: dict[str, str] = {}
         self._latency = collections.defaultdict(lambda: collections.deque(maxlen=200))
         self._frame_times = collections.deque(maxlen=50)
         self._lock = threading.Lock()  # one frame or one reconfiguration at a time
+        self.pipeline = None
+        self._model_vocabulary: list[str] = []
+        self._tf = None
+        self._subscriptions: list = []
+        self._frames_group = MutuallyExclusiveCallbackGroup()
+        self._query_group = MutuallyExclusiveCallbackGroup()
+        self._misc_group = ReentrantCallbackGroup()
+        self.add_pre_set_parameters_callback(self._normalise_parameters)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        recognizer = self._load_recognizer(self._params)
-        self._model_vocabulary = list(recognizer.vocabulary)
-        self.pipeline = Pipeline(recognizer, self._pipeline_config(self._params))
-        if self._params['vocabulary']:
-            self.pipeline.set_vocabulary(list(self._params['vocabulary']))
+    # ------------------------------------------------------------ configure
+    def _configure(self) -> None:
+        """Load the model and build the pipeline (raises StartupError with the reason)."""
+        try:
+            recognizer = self._load_recognizer(self._params, quiet_descriptions=False)
+            self._model_vocabulary = list(recognizer.vocabulary)
+            pipeline = Pipeline(recognizer, self._pipeline_config(self._params))
+            if self._params['vocabulary']:
+                pipeline.set_vocabulary(list(self._params['vocabulary']))
+        except (ModelError, cfg.ConfigError, ValueError, OSError) as exc:
+            raise StartupError(str(exc)) from None
+        self.pipeline = pipeline
         self._tf = self._make_tf(self._params['target_frame'])
 
-        frames_group = MutuallyExclusiveCallbackGroup()
-        service_group = MutuallyExclusiveCallbackGroup()
-        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
-                              history=HistoryPolicy.KEEP_LAST)
-        # Depth 1: while a frame is processed only the newest one waits; older are dropped.
-        sensor_qos = (QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
-                                 durability=DurabilityPolicy.VOLATILE,
-                                 history=HistoryPolicy.KEEP_LAST)
-                      if self._params['input_qos'] == 'sensor_data'
-                      else QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                      history=HistoryPolicy.KEEP_LAST))
-        if self._params['input_type'] == 'pointcloud':
-            self.create_subscription(PointCloud2, 'points', self._on_cloud, sensor_qos,
-                                     callback_group=frames_group)
-            source = self.resolve_topic_name('points')
-        else:
-            self._infos = collections.deque(maxlen=30)
-            self.create_subscription(CameraInfo, 'depth/camera_info', self._on_info,
-                                     qos_profile_sensor_data, callback_group=service_group)
-            self.create_subscription(Image, 'depth/image_rect_raw', self._on_depth, sensor_qos,
-                                     callback_group=frames_group)
-            source = self.resolve_topic_name('depth/image_rect_raw')
-
+    def _create_outputs(self, publisher: Callable) -> None:
+        """Publishers (plain or lifecycle, as ``publisher`` makes them), service, timer."""
         import p3d_perception_interfaces.msg as p3d_msg
         import p3d_perception_interfaces.srv as p3d_srv
         self._p3d_msg = p3d_msg
-        self._pub_detections = self.create_publisher(p3d_msg.DetectionArray, 'p3d/detections',
-                                                     reliable)
-        self._pub_markers = self.create_publisher(MarkerArray, 'p3d/markers', reliable)
-        self._pub_query_markers = self.create_publisher(MarkerArray, 'p3d/query_markers',
-                                                        reliable)
-        self._pub_clusters = self.create_publisher(PointCloud2, 'p3d/clusters', reliable)
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE,
+                              history=HistoryPolicy.KEEP_LAST)
+        self._pub_detections = publisher(p3d_msg.DetectionArray, 'p3d/detections', reliable)
+        self._pub_markers = publisher(MarkerArray, 'p3d/markers', reliable)
+        self._pub_query_markers = publisher(MarkerArray, 'p3d/query_markers', reliable)
+        self._pub_clusters = publisher(PointCloud2, 'p3d/clusters', reliable)
+        # plain even on the managed node: an inactive node still reports its state
         self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', reliable)
-        self._pub_vision = (self.create_publisher(Detection3DArray, 'p3d/detections_3d',
-                                                  reliable)
+        self._pub_vision = (publisher(Detection3DArray, 'p3d/detections_3d', reliable)
                             if Detection3DArray is not None else None)
-        self.create_service(p3d_srv.QueryObject, 'query_object', self._on_query,
-                            callback_group=service_group)
-        self.create_timer(self._params['diagnostics_period_s'], self._publish_diagnostics,
-                          callback_group=service_group)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        rec = self.pipeline.recognizer
-        self.get_logger().info(
-            f'ready: {source} -> {self.resolve_topic_name("p3d/detections")}; model '
-            f'{self._model_path(self._params)} ({rec.text_space}, {rec.device}, '
-            f'{self._params["backend"]}), {len(rec.vocabulary)} labels; '
-            f'service {self.resolve_service_name("query_object")}')
+        self._query_service = self.create_service(p3d_srv.QueryObject, 'query_object',
+                                                  self._on_query,
+                                                  callback_group=self._query_group)
+        # Steady time: under use_sim_time a looping bag makes the ROS clock jump back,
+        # and a ROS-clock timer would then stop firing until it caught up again.
+        self._diag_timer = self.create_timer(self._params['diagnostics_period_s'],
+                                             self._publish_diagnostics,
+                                             callback_group=self._misc_group,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
 
-    def _read(self, name: str) -> Any:
-        try:
-            return self.get_parameter(name).value
-        except ParameterUninitializedException:
-            return self._specs[name].default  # a typed, empty array parameter
+    def _destroy_outputs(self, destroy_publisher: Callable) -> None:
+        for pub in (self._pub_detections, self._pub_markers, self._pub_query_markers,
+                    self._pub_clusters, self._pub_vision):
+            if pub is not None:
+                destroy_publisher(pub)
+        self.destroy_publisher(self._pub_diag)
+        self.destroy_service(self._query_service)
+        self.destroy_timer(self._diag_timer)
+
+    # ------------------------------------------------------------- activate
+    def _subscribe(self) -> str:
+        qos = input_qos(self._params['input_qos'])
+        if self._params['input_type'] == 'pointcloud':
+            self._subscriptions = [self.create_subscription(
+                PointCloud2, 'points', self._on_cloud, qos,
+                callback_group=self._frames_group)]
+            return self.resolve_topic_name('points')
+        self._infos = collections.deque(maxlen=30)
+        self._subscriptions = [
+            self.create_subscription(CameraInfo, 'depth/camera_info', self._on_info,
+                                     qos_profile_sensor_data, callback_group=self._misc_group),
+            self.create_subscription(Image, 'depth/image_rect_raw', self._on_depth, qos,
+                                     callback_group=self._frames_group)]
+        return self.resolve_topic_name('depth/image_rect_raw')
+
+    def _unsubscribe(self) -> None:
+        for sub in self._subscriptions:
+            self.destroy_subscription(sub)
+        self._subscriptions = []
+
+    def _ready_line(self, source: str) -> str:
+        rec = self.pipeline.recognizer
+        return (f'ready: {source} -> {self.resolve_topic_name("p3d/detections")}; model '
+                f'{self._model_path(self._params)} ({rec.text_space}, {rec.device}, '
+                f'{self._params["backend"]}), {len(rec.vocabulary)} labels; '
+                f'service {self.resolve_service_name("query_object")}')
 
     # ----------------------------------------------------------------- input
     def _on_cloud(self, msg: PointCloud2) -> None:
         self._stats['received'] += 1
-        if self._is_stale(msg.header.stamp):
-            return
         try:
+            if self._is_stale(msg.header.stamp):
+                return
             cloud = pointcloud2_to_cloud(msg)
-        except CloudError as exc:
-            self._count_invalid(exc)
+        except Exception as exc:  # noqa: BLE001 - any bad message is one invalid frame
+            self._count_invalid('invalid', exc)
             return
         self._process(cloud)
 
@@ -147,19 +224,20 @@ class PerceptionNode(Node):
 
     def _on_depth(self, msg: Image) -> None:
         self._stats['received'] += 1
-        if self._is_stale(msg.header.stamp):
-            return
-        t = _stamp_s(msg.header.stamp)
-        slop = self._params['depth_sync_slop_s']
-        infos = [i for i in list(self._infos) if abs(_stamp_s(i.header.stamp) - t) <= slop]
-        if not infos:
-            self._stats['dropped_unsynchronised'] += 1
-            return
-        info = min(infos, key=lambda i: abs(_stamp_s(i.header.stamp) - t))
         try:
+            if self._is_stale(msg.header.stamp):
+                return
+            t = _stamp_s(msg.header.stamp)
+            slop = self._params['depth_sync_slop_s']
+            infos = [i for i in list(self._infos)
+                     if abs(_stamp_s(i.header.stamp) - t) <= slop]
+            if not infos:
+                self._stats['dropped_unsynchronised'] += 1
+                return
+            info = min(infos, key=lambda i: abs(_stamp_s(i.header.stamp) - t))
             cloud = depth_image_to_cloud(msg, info)
-        except CloudError as exc:
-            self._count_invalid(exc)
+        except Exception as exc:  # noqa: BLE001 - any bad message is one invalid frame
+            self._count_invalid('invalid', exc)
             return
         self._process(cloud)
 
@@ -171,36 +249,49 @@ class PerceptionNode(Node):
         age = (self.get_clock().now().nanoseconds - stamp_ns) * 1e-9
         if age > max_age:
             self._stats['dropped_stale'] += 1
-            self.get_logger().warning(f'dropping a frame {age:.2f} s old (max_frame_age_s '
-                                      f'{max_age})', throttle_duration_sec=5.0)
+            self.get_logger().warning(
+                f'dropping a frame {age:.2f} s old (max_frame_age_s {max_age}); playing a '
+                'bag? give use_sim_time:=true', throttle_duration_sec=5.0)
             return True
         return False
 
-    def _count_invalid(self, exc: Exception) -> None:
-        self._stats['invalid'] += 1
-        self.get_logger().warning(f'skipping malformed input ({self._stats["invalid"]} so far): '
-                                  f'{exc}', throttle_duration_sec=2.0)
+    def _count_invalid(self, kind: str, exc: BaseException) -> None:
+        """Count a skipped frame under ``kind`` and keep its reason for /diagnostics."""
+        self._stats[kind] += 1
+        reason = f'{type(exc).__name__}: {exc}' if str(exc) else type(exc).__name__
+        self._reasons[f'last_{kind}_reason'] = reason[:300]
+        self.get_logger().warning(f'skipping a frame ({kind}, {self._stats[kind]} so far): '
+                                  f'{reason}', throttle_duration_sec=2.0)
 
     # ----------------------------------------------------------- processing
     def _process(self, cloud: Cloud) -> None:
         t0 = time.perf_counter()
-        if self._tf is not None:
-            cloud = self._tf.to_target(cloud)
-            if cloud is None:
-                self._stats['dropped_no_transform'] += 1
-                return
-        with self._lock:
-            try:
+        try:
+            if self._tf is not None:
+                cloud = self._tf.to_target(cloud)
+                if cloud is None:
+                    self._stats['dropped_no_transform'] += 1
+                    return
+            with self._lock:
+                if self.pipeline is None:
+                    return
                 result = self.pipeline.process(cloud)
-            except CloudError as exc:
-                self._count_invalid(exc)
-                return
-        self._pub_detections.publish(messages.detection_array_msg(self._p3d_msg, result))
-        self._pub_markers.publish(messages.markers_msg(result, up=self._up()))
-        if self._params['publish_clustered_cloud']:
-            self._pub_clusters.publish(messages.clustered_cloud_msg(result))
-        if self._pub_vision is not None:
-            self._pub_vision.publish(self._vision_msg(result))
+            detections = messages.detection_array_msg(self._p3d_msg, result)
+            markers = messages.markers_msg(result, up=self._up())
+            clusters = (messages.clustered_cloud_msg(result)
+                        if self._params['publish_clustered_cloud'] else None)
+            vision = self._vision_msg(result) if self._pub_vision is not None else None
+        except Exception as exc:  # noqa: BLE001 - a frame that breaks a stage is skipped
+            self._count_invalid('failed', exc)
+            return
+        if not self.context.ok():
+            return
+        self._pub_detections.publish(detections)
+        self._pub_markers.publish(markers)
+        if clusters is not None:
+            self._pub_clusters.publish(clusters)
+        if vision is not None:
+            self._pub_vision.publish(vision)
         total = (time.perf_counter() - t0) * 1e3
         self._stats['processed'] += 1
         self._frame_times.append(time.monotonic())
@@ -215,10 +306,25 @@ class PerceptionNode(Node):
     # -------------------------------------------------------------- queries
     def _on_query(self, request, response):
         t0 = time.perf_counter()
+        try:
+            return self._answer(request, response, t0)
+        except Exception as exc:  # noqa: BLE001 - a query never takes the node down
+            response.success = False
+            response.message = f'query failed: {type(exc).__name__}: {exc}'
+            response.matches, response.scores = [], []
+            self._stats['queries_failed'] += 1
+            return response
+
+    def _answer(self, request, response, t0: float):
+        pipeline = self.pipeline
+        if pipeline is None or not self._subscriptions:
+            response.success = False
+            response.message = 'the node is not active (ros2 lifecycle set ... activate)'
+            return response
         top_k = int(request.top_k) or self._params['query.default_top_k']
         try:
-            matches = self.pipeline.query(request.query, top_k=top_k,
-                                          min_score=float(request.min_score))
+            matches = pipeline.query(request.query, top_k=top_k,
+                                     min_score=float(request.min_score))
         except QueryError as exc:
             response.success = False
             response.message = str(exc)
@@ -229,11 +335,11 @@ class PerceptionNode(Node):
         response.matches = [messages.detection_msg(self._p3d_msg, m.object, m.object.frame_id,
                                                    m.object.last_seen_ns) for m in matches]
         response.scores = [float(m.score) for m in matches]
-        remembered = len(self.pipeline.memory)
+        remembered = len(pipeline.memory)
         response.message = (f'{len(matches)} match(es) among {remembered} remembered objects'
                             if matches else
-                            f'no object scores >= {request.min_score:.2f} among {remembered} '
-                            'remembered objects')
+                            f'no match: no object scores >= {request.min_score:.2f} among '
+                            f'{remembered} remembered objects')
         self._pub_query_markers.publish(messages.query_markers_msg(
             request.query.strip(), matches, now_ns, up=self._up(),
             lifetime_s=self._params['query.highlight_s']))
@@ -242,29 +348,43 @@ class PerceptionNode(Node):
         return response
 
     # ----------------------------------------------------------- parameters
+    def _normalise_parameters(self, params: list[Parameter]) -> list[Parameter]:
+        """Let 'empty' mean empty whatever type the tool gave it.
+
+        `ros2 param set ... vocabulary "[]"` arrives as a bool array and `['']` as one
+        empty string; both mean "back to the default" for an array parameter, so both
+        become that parameter's own typed empty array before rclpy checks the type.
+        """
+        out = []
+        for p in params:
+            spec = self._specs.get(p.name)
+            if (spec is not None and spec.descriptor.type in _ARRAY_TYPES
+                    and p.type_ in _EMPTY_ARRAY_INPUTS and _is_empty(p.value)):
+                p = Parameter(p.name, _ARRAY_TYPES[spec.descriptor.type], [])
+            out.append(p)
+        return out
+
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        try:
+            return self._apply_parameters(params)
+        except Exception as exc:  # noqa: BLE001 - an unexpected error is a rejected change
+            return SetParametersResult(successful=False,
+                                       reason=f'{type(exc).__name__}: {exc}')
+
+    def _apply_parameters(self, params: list[Parameter]) -> SetParametersResult:
         new = dict(self._params)
         for p in params:
             if p.name in self._specs:
                 new[p.name] = p.value
+        problem = self._check_values(new)
+        if problem:
+            return SetParametersResult(successful=False, reason=problem)
+        reread = any(p.name == 'descriptions_file' for p in params)
         try:
-            self._validate_choices(new)
             config = self._pipeline_config(new)
-            recognizer = None
-            if any(new[k] != self._params[k] for k in _MODEL_PARAMS):
-                recognizer = self._load_recognizer(new)
-            with self._lock:
-                if recognizer is not None:
-                    self._model_vocabulary = list(recognizer.vocabulary)
-                    self.pipeline.recognizer = recognizer
-                    self.pipeline.memory.clear()  # embeddings of another model don't compare
-                elif new['descriptions_file'] != self._params['descriptions_file']:
-                    self.pipeline.recognizer.set_descriptions(new['descriptions_file'])
-                if recognizer is not None or new['vocabulary'] != self._params['vocabulary']:
-                    self.pipeline.set_vocabulary(list(new['vocabulary'])
-                                                 or self._model_vocabulary)
-                self._apply_config(config)
-            if new['target_frame'] != self._params['target_frame']:
+            if self.pipeline is not None:
+                self._reconfigure(new, config, reread)
+            if new['target_frame'] != self._params['target_frame'] and self.pipeline:
                 self._tf = self._make_tf(new['target_frame'])
         except (cfg.ConfigError, ModelError, ValueError, OSError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
@@ -274,14 +394,32 @@ class PerceptionNode(Node):
             self.get_logger().info(f'parameters updated: {", ".join(changed)}')
         return SetParametersResult(successful=True)
 
-    def _validate_choices(self, values: dict[str, Any]) -> None:
-        choices = {'input_type': ('pointcloud', 'depth'),
-                   'input_qos': ('sensor_data', 'reliable'),
-                   'device': ('auto', 'cuda', 'cpu'), 'backend': ('torch', 'onnxruntime')}
-        for name, allowed in choices.items():
+    def _reconfigure(self, new: dict[str, Any], config: PipelineConfig, reread: bool) -> None:
+        recognizer = None
+        if any(new[k] != self._params[k] for k in _MODEL_PARAMS):
+            recognizer = self._load_recognizer(new, quiet_descriptions=True)
+        with self._lock:
+            if recognizer is not None:
+                self._model_vocabulary = list(recognizer.vocabulary)
+                self.pipeline.recognizer = recognizer
+                self.pipeline.memory.clear()  # embeddings of another model don't compare
+            elif reread:  # set again, even to the same path: the file may have been edited
+                self.pipeline.recognizer.set_descriptions(new['descriptions_file'])
+            if recognizer is not None or new['vocabulary'] != self._params['vocabulary']:
+                self.pipeline.set_vocabulary(list(new['vocabulary'])
+                                             or self._model_vocabulary)
+            self._apply_config(config)
+
+    def _check_values(self, values: dict[str, Any]) -> str:
+        """The reason ``values`` are refused, or '' (choices, finite numbers)."""
+        for name, allowed in _CHOICES.items():
             if values[name] not in allowed:
-                raise cfg.ConfigError(f'{name} must be one of {", ".join(allowed)}; '
-                                      f'got {values[name]!r}')
+                return f'{name} must be one of {", ".join(allowed)}; got {values[name]!r}'
+        for name, value in values.items():
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+                return f'{name} must be finite; got {value!r}'
+        return ''
 
     def _pipeline_config(self, values: dict[str, Any]) -> PipelineConfig:
         specs = list(self._specs.values())
@@ -302,14 +440,20 @@ class PerceptionNode(Node):
     def _model_path(self, values: dict[str, Any]) -> str:
         return values['model_path'] or str(default_model_path())
 
-    def _load_recognizer(self, values: dict[str, Any]) -> Recognizer:
+    def _load_recognizer(self, values: dict[str, Any], *, quiet_descriptions: bool
+                         ) -> Recognizer:
         recognizer = Recognizer.from_checkpoint(
             self._model_path(values), device=values['device'], backend=values['backend'],
             text_space=values['text_space'] or None)
         if values['device'] == 'cuda' and recognizer.device != 'cuda':
             self.get_logger().warning('CUDA requested but not available: running on CPU')
         if values['descriptions_file']:
-            recognizer.set_descriptions(values['descriptions_file'])
+            if recognizer.model.cfg.label_text == 'descriptions' or not quiet_descriptions:
+                recognizer.set_descriptions(values['descriptions_file'])
+            else:  # switching to a names model keeps the file for the next descriptions one
+                self.get_logger().warning(
+                    f'model {recognizer.card.get("name")} builds prototypes from names: '
+                    f'descriptions_file {values["descriptions_file"]} is kept but not used')
         return recognizer
 
     # ---------------------------------------------------------------- tf2
@@ -326,19 +470,25 @@ class PerceptionNode(Node):
 
     # ---------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
+        if not self.context.ok():
+            return
         times = list(self._frame_times)
         rate = ((len(times) - 1) / (times[-1] - times[0])
                 if len(times) > 1 and times[-1] > times[0] else 0.0)
-        values: dict[str, object] = {'rate_hz': f'{rate:.2f}',
-                                     'remembered_objects': len(self.pipeline.memory)}
+        pipeline = self.pipeline
+        values: dict[str, object] = {
+            'rate_hz': f'{rate:.2f}', 'active': bool(self._subscriptions),
+            'remembered_objects': len(pipeline.memory) if pipeline else 0}
         values.update({k: v for k, v in sorted(self._stats.items())})
+        values.update(sorted(self._reasons.items()))
         for stage, samples in sorted(self._latency.items()):
             if samples:
                 values[f'latency_ms.{stage}.median'] = f'{statistics.median(samples):.1f}'
-        bad = self._stats['invalid'] + self._stats['dropped_stale']
+        bad = self._stats['invalid'] + self._stats['failed'] + self._stats['dropped_stale']
         warn = bool(bad) and bad >= self._stats['processed']
+        device = pipeline.recognizer.device if pipeline else 'unconfigured'
         self._pub_diag.publish(messages.diagnostics_msg(
-            f'{self.get_name()}: perception', self.pipeline.recognizer.device,
+            f'{self.get_name()}: perception', device,
             self.get_clock().now().nanoseconds, 1 if warn else 0,
             'most frames dropped or invalid' if warn else 'ok', values))
 
@@ -361,29 +511,68 @@ class PerceptionNode(Node):
         return out
 
 
+class PerceptionNode(PerceptionBase, Node):
+    """Subscribes to a depth camera; publishes what is on the table and answers queries."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('p3d_perception', **kwargs)
+        self._declare()
+        self._configure()
+        self._create_outputs(self.create_publisher)
+        source = self._subscribe()
+        self.get_logger().info(self._ready_line(source))
+
+
+def _is_empty(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip() in ('', '[]')
+    return all(isinstance(v, str) and not v.strip() for v in value)
+
+
 def _stamp_s(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
-def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
+def spin(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
+    """Run a node until Ctrl-C or shutdown; every start-up failure is one line, exit 1.
+
+    The executor is shut down before the node is destroyed, so no callback still in
+    flight touches a destroyed publisher on the way out.
+    """
+    log = rclpy.logging.get_logger('p3d_perception')
+    context = rclpy.Context()
     try:
-        node = PerceptionNode()
-    except (ModelError, cfg.ConfigError) as exc:
-        rclpy.logging.get_logger('p3d_perception').fatal(f'cannot start: {exc}')
-        rclpy.try_shutdown()
+        rclpy.init(args=args, context=context)
+    except Exception as exc:  # noqa: BLE001 - e.g. a missing --params-file
+        log.fatal(f'cannot start: {_one_line(exc)}')
         return 1
-    executor = MultiThreadedExecutor(num_threads=3)
+    try:
+        node = make_node(context)
+    except Exception as exc:  # noqa: BLE001 - a bad parameter or file: say which and stop
+        log.fatal(f'cannot start: {_one_line(exc)}')
+        rclpy.try_shutdown(context=context)
+        return 1
+    executor = MultiThreadedExecutor(num_threads=4, context=context)
     executor.add_node(node)
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown()
+        executor.shutdown(timeout_sec=5.0)
         node.destroy_node()
-        rclpy.try_shutdown()
+        rclpy.try_shutdown(context=context)
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = ' '.join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, (StartupError, ModelError, cfg.ConfigError)) \
+        else f'{type(exc).__name__}: {text}'
+
+
+def main(args: list[str] | None = None) -> int:
+    return spin(lambda context: PerceptionNode(context=context), args)
 
 
 if __name__ == '__main__':

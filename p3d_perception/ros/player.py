@@ -1,0 +1,179 @@
+# Copyright 2026 The p3d_perception Authors
+# SPDX-License-Identifier: Apache-2.0
+"""Play a rosbag2 (MCAP or sqlite3) onto ROS topics: ``p3d play BAG``.
+
+``ros2 bag`` (rosbag2) is a C++ package that pip cannot install, so a venv set up
+with ``make setup`` has no player; the launch file's ``bag:=`` falls back to this one.
+It does what the demo and the README need of ``ros2 bag play``: the recorded CDR bytes
+are published as they are (any message type whose Python package is importable), with
+the recorded timing scaled by ``--rate``, ``--loop``, ``--clock`` (``/clock`` from the
+bag's time, for nodes with ``use_sim_time``) and ``--remap`` of topics. Stamps inside
+the messages are left as recorded, as ``ros2 bag play`` leaves them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+import time
+from typing import Iterator
+
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+log = logging.getLogger(__name__)
+
+#: topics recorded with transient-local durability (latched), replayed the same way
+_LATCHED = ('/tf_static',)
+
+
+class PlayError(RuntimeError):
+    """The bag cannot be played (missing, unreadable, nothing to publish)."""
+
+
+def message_class(msgtype: str):
+    """The rclpy message class of ``pkg/msg/Name`` (PlayError when not importable)."""
+    parts = msgtype.split('/')
+    if len(parts) == 2:
+        parts = [parts[0], 'msg', parts[1]]
+    if len(parts) != 3:
+        raise PlayError(f'not a message type name: {msgtype!r}')
+    try:
+        return getattr(importlib.import_module(f'{parts[0]}.{parts[1]}'), parts[2])
+    except (ImportError, AttributeError) as exc:
+        raise PlayError(f'message type {msgtype} is not importable here ({exc})') from None
+
+
+def read_raw(path: str | Path, topics: set[str] | None = None
+             ) -> Iterator[tuple[str, str, int, bytes]]:
+    """Yield (topic, msgtype, timestamp_ns, CDR bytes) in recorded order."""
+    from p3d_perception.bagio import _open
+    path = Path(path)
+    if not path.exists():
+        raise PlayError(f'bag not found: {path}')
+    try:
+        reader = _open(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable bag is one clear error
+        raise PlayError(f'cannot open bag {path}: {exc}') from None
+    try:
+        conns = [c for c in reader.connections if topics is None or c.topic in topics]
+        it = reader.messages(connections=conns) if conns else iter(())
+        while True:
+            try:
+                conn, stamp, raw = next(it)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001 - a cut-off bag plays what it has
+                log.warning('bag %s ends early: %s', path, exc)
+                return
+            yield conn.topic, conn.msgtype, int(stamp), bytes(raw)
+    finally:
+        reader.close()
+
+
+class BagPlayer(Node):
+    """Publishes a bag's messages on their topics at the recorded pace."""
+
+    def __init__(self, bag: str | Path, *, rate: float = 1.0, loop: bool = False,
+                 clock: bool = False, remap: dict[str, str] | None = None,
+                 topics: list[str] | None = None, **kwargs) -> None:
+        super().__init__('p3d_bag_player', **kwargs)
+        if not rate > 0:
+            raise PlayError(f'--rate must be > 0, got {rate}')
+        self.bag, self.rate, self.loop = Path(bag), float(rate), loop
+        self.remap = dict(remap or {})
+        self.topics = set(topics) if topics else None
+        self._pubs: dict[str, object] = {}
+        self._clock_pub = None
+        if clock:
+            from rosgraph_msgs.msg import Clock
+            self._clock_pub = self.create_publisher(Clock, '/clock', 10)
+            self._clock_type = Clock
+        self.published = 0
+
+    def _publisher(self, topic: str, msgtype: str):
+        if topic not in self._pubs:
+            latched = topic in _LATCHED
+            qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
+                                         else DurabilityPolicy.VOLATILE))
+            try:
+                cls = message_class(msgtype)
+            except PlayError as exc:
+                log.warning('not playing %s: %s', topic, exc)
+                self._pubs[topic] = None
+                return None
+            self._pubs[topic] = self.create_publisher(cls, self.remap.get(topic, topic), qos)
+        return self._pubs[topic]
+
+    def _publish_clock(self, stamp_ns: int) -> None:
+        if self._clock_pub is not None:
+            msg = self._clock_type()
+            msg.clock.sec, msg.clock.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+            self._clock_pub.publish(msg)
+
+    def play_once(self, should_stop=lambda: False) -> int:
+        """Play the bag once; return how many messages were published."""
+        start_wall, start_bag, count = None, None, 0
+        for topic, msgtype, stamp, raw in read_raw(self.bag, self.topics):
+            if should_stop() or not self.context.ok():
+                break
+            pub = self._publisher(topic, msgtype)
+            if start_wall is None:
+                start_wall, start_bag = time.monotonic(), stamp
+                if self._pubs:  # give subscribers a moment to match the new publishers
+                    time.sleep(0.5)
+                    start_wall = time.monotonic()
+            due = start_wall + (stamp - start_bag) * 1e-9 / self.rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self._publish_clock(stamp)
+            if pub is not None:
+                pub.publish(raw)  # the recorded CDR bytes, published as they are
+                count += 1
+        self.published += count
+        return count
+
+    def play(self, should_stop=lambda: False) -> int:
+        passes = 0
+        while True:
+            n = self.play_once(should_stop)
+            passes += 1
+            if n == 0 and passes == 1:
+                raise PlayError(f'{self.bag}: no message to play '
+                                f'(topics: {sorted(self.topics) if self.topics else "all"})')
+            if not self.loop or should_stop() or not self.context.ok():
+                return self.published
+
+
+def parse_remaps(items: list[str] | None) -> dict[str, str]:
+    """``FROM:=TO`` pairs (the ``ros2 bag play --remap`` form)."""
+    out = {}
+    for item in items or []:
+        src, sep, dst = item.partition(':=')
+        if not sep or not src or not dst:
+            raise PlayError(f'--remap wants FROM:=TO, got {item!r}')
+        out[src] = dst
+    return out
+
+
+def main(args) -> int:
+    """Entry point of ``p3d play`` (argparse namespace from commands/play.py)."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    rclpy.init(args=None)
+    try:
+        node = BagPlayer(args.bag, rate=args.rate, loop=args.loop, clock=args.clock,
+                         remap=parse_remaps(args.remap), topics=args.topics)
+        try:
+            n = node.play()
+            log.info('published %d message(s) from %s', n, args.bag)
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+    return 0

@@ -17,6 +17,7 @@ Nothing here imports rclpy: messages are duck-typed, so rclpy messages and the
 from __future__ import annotations
 
 import logging
+import operator
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,18 @@ _NUMPY_TO_DATATYPE = {(dt.kind, dt.itemsize): code for code, dt in _DATATYPE_TO_
 _NATIVE_BIG = sys.byteorder == 'big'
 _COLOR_FIELDS = ('rgb', 'rgba')
 
+#: A point wider than this is a corrupt header, not a sensor (the widest real layouts,
+#: descriptor clouds, take a few kB); it also keeps numpy's dtype size inside a C int.
+MAX_POINT_STEP = 1 << 20
+#: More fields than this is a corrupt header (real drivers publish a few dozen at most).
+MAX_FIELDS = 4096
+#: Fields may overlap (an ``rgb`` float and an ``rgba`` uint32 on the same bytes), but
+#: each extra field is copied out of the message: more field bytes than this many
+#: points' worth would let a small message claim gigabytes.
+MAX_FIELD_BYTES_PER_POINT_STEP = 4
+#: Coordinates beyond this (m) are no sensor's: a flipped exponent bit in a recording.
+PLAUSIBLE_RANGE_M = 1000.0
+
 
 class CloudError(ValueError):
     """The input cannot be turned into a usable cloud; the message says why."""
@@ -52,6 +65,36 @@ class EmptyCloudError(CloudError):
 
 class CloudTooLargeError(CloudError):
     """The input has more points than the configured ``max_points``."""
+
+
+#: The prefix of a CloudError made from an exception no check anticipated: the fuzz
+#: tests look for it, because each such case deserves its own clear reason.
+UNEXPECTED = 'unexpected'
+
+
+def _index(value: Any, what: str) -> int:
+    """An integer header value; None, text, floats or NaN are a malformed message."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise CloudError(f'{what} must be an integer, got {value!r:.60}') from None
+
+
+def _guarded(kind: str, fn, *args, **kwargs):
+    """Call a decoder so that any input gives a Cloud or a CloudError, never a crash.
+
+    The explicit checks give each malformed layout its own reason; this net turns an
+    unforeseen numpy/Python error into a CloudError too, because the node treats
+    CloudError as "drop this message" and anything else as a bug that stops it.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except CloudError:
+        raise
+    except (TypeError, ValueError, OverflowError, IndexError, KeyError, AttributeError,
+            MemoryError) as exc:
+        raise CloudError(f'malformed {kind} ({UNEXPECTED} {type(exc).__name__}: '
+                         f'{str(exc)[:200]})') from exc
 
 
 def _point_rows(points: Any, height: int, width: int | None
@@ -158,22 +201,31 @@ def _as_colors(colors: Any, n: int) -> np.ndarray:
         if finite.size and finite.max() <= 1.0:
             cols = cols * 255.0
         cols = np.clip(np.nan_to_num(cols), 0, 255)
+    elif cols.dtype != np.uint8:
+        if not np.issubdtype(cols.dtype, np.integer):
+            raise CloudError(f'colors must be numeric, got dtype {cols.dtype}')
+        cols = np.clip(cols, 0, 255)  # a 16-bit or signed channel must not wrap (300 -> 44)
     return np.ascontiguousarray(cols, dtype=np.uint8)
 
 
 def _buffer(data: Any) -> np.ndarray:
     """Any bytes-like message payload as a flat uint8 array (no copy when possible)."""
     if isinstance(data, np.ndarray):
+        if data.dtype.hasobject:
+            raise CloudError('point data must be bytes, got an object array')
         if data.dtype != np.uint8:
-            data = data.view(np.uint8) if data.flags['C_CONTIGUOUS'] else data.astype(np.uint8)
+            data = np.ascontiguousarray(data).view(np.uint8)  # its bytes, not its values
         return data.reshape(-1)
+    if isinstance(data, str):
+        raise CloudError('point data must be bytes, got text')
     try:
         return np.frombuffer(data, dtype=np.uint8)
-    except TypeError:
+    except (TypeError, ValueError, BufferError):
         try:
             return np.asarray(data, dtype=np.uint8).reshape(-1)  # e.g. a list of ints
-        except (TypeError, ValueError) as exc:
-            raise CloudError(f'cannot read point data of type {type(data).__name__}') from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise CloudError(f'cannot read point data of type {type(data).__name__}: '
+                             'expected bytes or a sequence of 0..255') from exc
 
 
 def _unpack_rgb(values: np.ndarray) -> np.ndarray:
@@ -208,7 +260,8 @@ def _xyz_from_structured(arr: np.ndarray, names: set[str]) -> np.ndarray:
             col = arr[c]
             if col.ndim != 1:
                 raise CloudError(f'field {c!r} must have count 1, got {col.shape[1:]}')
-            pts[:, i] = col  # casts any numeric type / byte order
+            with np.errstate(over='ignore'):  # float64 beyond float32: inf, fixed below
+                pts[:, i] = col  # casts any numeric type / byte order
     x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
     fix = ~ok & ~(np.isnan(x) & np.isnan(y) & np.isnan(z))
@@ -251,9 +304,13 @@ def _structured_to_cloud(arr: np.ndarray, height: int, width: int, frame_id: str
                 colors = _unpack_rgb(col)
                 used.add(name)
     if colors is None and {'r', 'g', 'b'} <= names:
-        cols = np.stack([np.asarray(arr[c]) for c in 'rgb'], axis=1)
-        colors = _as_colors(cols, arr.shape[0])
-        used |= {'r', 'g', 'b'}
+        channels = [np.asarray(arr[c]) for c in 'rgb']
+        if all(c.ndim == 1 for c in channels):
+            colors = _as_colors(np.stack(channels, axis=1), arr.shape[0])
+            used |= {'r', 'g', 'b'}
+        else:  # r/g/b with count > 1 are no colour channels; keep them as plain fields
+            log.debug('r/g/b fields with counts %s are kept as fields, not colours',
+                      [c.shape[1:] for c in channels])
     extra = {}
     for name in arr.dtype.names or ():
         if name in used or name.startswith('_'):
@@ -282,21 +339,45 @@ def _stamp_ns(msg: Any) -> tuple[str, int]:
     stamp = getattr(header, 'stamp', None)
     ns = 0
     if stamp is not None:
-        ns = int(getattr(stamp, 'sec', 0)) * 1_000_000_000 + int(getattr(stamp, 'nanosec', 0))
+        sec = _index(getattr(stamp, 'sec', 0), 'header.stamp.sec')
+        nanosec = _index(getattr(stamp, 'nanosec', 0), 'header.stamp.nanosec')
+        ns = sec * 1_000_000_000 + nanosec
     return frame_id, ns
 
 
 # --------------------------------------------------------------------------- PointCloud2
 
 def pointcloud2_dtype(fields: Any, point_step: int, is_bigendian: bool) -> np.dtype:
-    """Structured dtype that views one point of a PointCloud2 with this layout."""
+    """Structured dtype that views one point of a PointCloud2 with this layout.
+
+    A field ``count`` of 0 is read as 1, as some drivers publish it. Duplicate and
+    empty names are skipped (the first one wins). Every other inconsistency is a
+    CloudError naming the field.
+    """
+    point_step = _index(point_step, 'point_step')
+    if not 0 < point_step <= MAX_POINT_STEP:
+        raise CloudError(f'point_step must be in 1..{MAX_POINT_STEP}, got {point_step}')
+    try:
+        fields = list(fields)
+    except TypeError:
+        raise CloudError(f'fields must be a list of PointField, got {type(fields).__name__}'
+                         ) from None
+    if len(fields) > MAX_FIELDS:
+        raise CloudError(f'cloud has {len(fields)} fields, more than {MAX_FIELDS}: a corrupt '
+                         'header')
     order = '>' if is_bigendian else '<'
     names, formats, offsets = [], [], []
+    field_bytes = 0
     for f in fields:
-        name = str(_get(f, 'name'))
-        datatype = int(_get(f, 'datatype'))
-        offset = int(_get(f, 'offset'))
-        count = int(getattr(f, 'count', 1) or 1)
+        name = _get(f, 'name')
+        name = name if isinstance(name, str) else str(name)
+        datatype = _index(_get(f, 'datatype'), f'field {name!r} datatype')
+        offset = _index(_get(f, 'offset'), f'field {name!r} offset')
+        count = getattr(f, 'count', 1)
+        count = 1 if count is None else _index(count, f'field {name!r} count')
+        if count < 0:
+            raise CloudError(f'field {name!r} has a negative count {count}')
+        count = count or 1
         if datatype not in _DATATYPE_TO_NUMPY:
             raise CloudError(f'field {name!r} has unknown PointField datatype {datatype} '
                              '(expected 1..8)')
@@ -307,6 +388,11 @@ def pointcloud2_dtype(fields: Any, point_step: int, is_bigendian: bool) -> np.dt
         if name in names or not name:
             log.debug('skipping duplicate/empty PointField name %r', name)
             continue
+        field_bytes += base.itemsize * count
+        if field_bytes > MAX_FIELD_BYTES_PER_POINT_STEP * point_step:
+            raise CloudError(f'fields overlap: they span {field_bytes} bytes of a '
+                             f'{point_step}-byte point (more than '
+                             f'{MAX_FIELD_BYTES_PER_POINT_STEP}x)')
         names.append(name)
         formats.append(base if count == 1 else np.dtype((base, (count,))))
         offsets.append(offset)
@@ -318,12 +404,19 @@ def pointcloud2_to_cloud(msg: Any, *, max_points: int | None = None,
                          require_valid: bool = True) -> Cloud:
     """Decode a sensor_msgs/PointCloud2 (rclpy or rosbags message) into a Cloud.
 
-    Raises CloudError (EmptyCloudError / CloudTooLargeError) with a message on any
-    malformed or unusable input.
+    Any input gives a Cloud or a CloudError (EmptyCloudError / CloudTooLargeError)
+    whose message says what is wrong: a node must drop a bad message, not die on it.
+    Memory stays within a small multiple of the message's own data.
     """
-    height, width = int(_get(msg, 'height')), int(_get(msg, 'width'))
-    point_step, row_step = int(_get(msg, 'point_step')), int(_get(msg, 'row_step'))
-    fields = list(_get(msg, 'fields'))
+    return _guarded('PointCloud2', _pointcloud2_to_cloud, msg, max_points, require_valid)
+
+
+def _pointcloud2_to_cloud(msg: Any, max_points: int | None, require_valid: bool) -> Cloud:
+    height = _index(_get(msg, 'height'), 'height')
+    width = _index(_get(msg, 'width'), 'width')
+    point_step = _index(_get(msg, 'point_step'), 'point_step')
+    row_step = _index(_get(msg, 'row_step'), 'row_step')
+    fields = _get(msg, 'fields')
     frame_id, stamp_ns = _stamp_ns(msg)
     if height < 0 or width < 0:
         raise CloudError(f'negative cloud size {height}x{width}')
@@ -331,29 +424,55 @@ def pointcloud2_to_cloud(msg: Any, *, max_points: int | None = None,
     if n == 0:
         raise EmptyCloudError(f'cloud is empty (height={height}, width={width})')
     _check_size(n, max_points)
-    if point_step <= 0:
-        raise CloudError(f'point_step must be positive, got {point_step}')
-    if not fields:
-        raise CloudError('cloud has no fields (expected at least x, y, z)')
+    if not 0 < point_step <= MAX_POINT_STEP:
+        raise CloudError(f'point_step must be in 1..{MAX_POINT_STEP}, got {point_step}')
     if row_step < width * point_step:
         raise CloudError(f'row_step {row_step} is smaller than width*point_step = '
                          f'{width}*{point_step}')
-    dtype = pointcloud2_dtype(fields, point_step, bool(_get(msg, 'is_bigendian')))
-    missing = [c for c in 'xyz' if c not in dtype.names]
-    if missing:
-        raise CloudError(f'cloud has no {"/".join(missing)} field(s); fields present: '
-                         f'{", ".join(dtype.names) or "none"}')
     buf = _buffer(_get(msg, 'data'))
     need = height * row_step
     if buf.size < need:
         raise CloudError(f'point data has {buf.size} bytes, expected height*row_step = '
                          f'{height}*{row_step} = {need}')
+    if buf.size > need:
+        raise CloudError(f'point data has {buf.size} bytes, more than height*row_step = '
+                         f'{height}*{row_step} = {need}: the size fields do not describe '
+                         'the data')
+    try:
+        fields = list(fields)
+    except TypeError:
+        raise CloudError(f'fields must be a list of PointField, got {type(fields).__name__}'
+                         ) from None
+    if not fields:
+        raise CloudError('cloud has no fields (expected at least x, y, z)')
+    dtype = pointcloud2_dtype(fields, point_step, bool(_get(msg, 'is_bigendian')))
+    missing = [c for c in 'xyz' if c not in dtype.names]
+    if missing:
+        raise CloudError(f'cloud has no {"/".join(missing)} field(s); fields present: '
+                         f'{", ".join(dtype.names) or "none"}')
     if row_step == width * point_step:
-        arr = buf[:need].view(dtype)
+        arr = buf.view(dtype)
     else:  # row padding: drop it, then view
-        rows = buf[:need].reshape(height, row_step)[:, :width * point_step]
+        rows = buf.reshape(height, row_step)[:, :width * point_step]
         arr = np.ascontiguousarray(rows).reshape(-1).view(dtype)
     return _structured_to_cloud(arr, height, width, frame_id, stamp_ns, require_valid)
+
+
+def implausible(cloud: Cloud, bound_m: float = PLAUSIBLE_RANGE_M) -> str:
+    """Why a decoded cloud cannot be a real scan ('' when it can).
+
+    A flipped bit in a recording still decodes, but a point 10^30 m away turns every
+    box and voxel grid built on it into nonsense; readers of recordings count and
+    skip such clouds rather than train on them.
+    """
+    pts = cloud.points
+    ok = cloud.valid
+    if not ok.any():
+        return ''
+    far = np.abs(pts[ok]).max()
+    if not far <= bound_m:
+        return f'a coordinate of {float(far):.3g} m (beyond {bound_m:g} m)'
+    return ''
 
 
 def pack_cloud(points: Any, colors: Any = None, fields: Mapping[str, Any] | None = None,
@@ -434,7 +553,10 @@ def cloud_to_packed(cloud: Cloud) -> PackedCloud:
 # --------------------------------------------------------------------------- depth images
 
 def _intrinsics(K: Any) -> tuple[float, float, float, float]:
-    k = np.asarray(K, dtype=np.float64)
+    try:
+        k = np.asarray(K, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise CloudError(f'camera matrix K must be 9 numbers, got {type(K).__name__}') from None
     if k.size != 9:
         raise CloudError(f'camera matrix K must have 9 values (3x3), got {k.size}')
     k = k.reshape(3, 3)
@@ -453,6 +575,8 @@ def depth_to_cloud(depth: Any, K: Any, *, depth_scale: float | None = None, colo
     1.0 for float depth). Zero, NaN and inf depths become NaN points.
     """
     d = np.asarray(depth)
+    if d.dtype == np.bool_:
+        raise CloudError('depth image must be numeric, got dtype bool')
     if d.ndim == 3 and d.shape[2] == 1:
         d = d[:, :, 0]
     if d.ndim != 2 or d.size == 0:
@@ -464,15 +588,23 @@ def depth_to_cloud(depth: Any, K: Any, *, depth_scale: float | None = None, colo
     fx, fy, cx, cy = _intrinsics(K)
     if depth_scale is None:
         depth_scale = 1.0 if np.issubdtype(d.dtype, np.floating) else 0.001
-    z = d.astype(np.float32) * np.float32(depth_scale)
-    z[~(z > 0)] = np.nan  # zero / negative / NaN depth is "no return"
-    z[np.isinf(z)] = np.nan
-    u = (np.arange(w, dtype=np.float32) - np.float32(cx)) / np.float32(fx)
-    v = (np.arange(h, dtype=np.float32) - np.float32(cy)) / np.float32(fy)
-    pts = np.empty((h, w, 3), dtype=np.float32)
-    pts[:, :, 0] = z * u[None, :]
-    pts[:, :, 1] = z * v[:, None]
-    pts[:, :, 2] = z
+    if not (isinstance(depth_scale, (int, float)) and np.isfinite(depth_scale)
+            and depth_scale > 0):
+        raise CloudError(f'depth_scale must be a positive number, got {depth_scale!r}')
+    with np.errstate(over='ignore', invalid='ignore'):
+        z = d.astype(np.float32) * np.float32(depth_scale)
+        z[~(z > 0)] = np.nan  # zero / negative / NaN depth is "no return"
+        z[np.isinf(z)] = np.nan
+        u = (np.arange(w, dtype=np.float32) - np.float32(cx)) / np.float32(fx)
+        v = (np.arange(h, dtype=np.float32) - np.float32(cy)) / np.float32(fy)
+        pts = np.empty((h, w, 3), dtype=np.float32)
+        pts[:, :, 0] = z * u[None, :]
+        pts[:, :, 1] = z * v[:, None]
+        pts[:, :, 2] = z
+    # a far depth or an extreme K can overflow float32: such a point is no return either
+    bad = ~np.isfinite(pts[:, :, 0]) | ~np.isfinite(pts[:, :, 1])
+    if bad.any():
+        pts[bad] = np.nan
     cols = None
     if colors is not None:
         c = np.asarray(colors)
@@ -489,16 +621,21 @@ _COLOR_ENCODINGS = {'rgb8': (3, [0, 1, 2]), 'bgr8': (3, [2, 1, 0]),
 
 
 def _image_array(msg: Any, dtype: np.dtype, channels: int) -> np.ndarray:
-    h, w, step = int(_get(msg, 'height')), int(_get(msg, 'width')), int(_get(msg, 'step'))
+    h, w = _index(_get(msg, 'height'), 'image height'), _index(_get(msg, 'width'), 'image width')
+    step = _index(_get(msg, 'step'), 'image step')
     if h <= 0 or w <= 0:
         raise EmptyCloudError(f'image is empty ({h}x{w})')
+    _check_size(h * w, None)
     row = w * channels * dtype.itemsize
     if step < row:
         raise CloudError(f'image step {step} is smaller than width*pixel size = {row}')
     buf = _buffer(_get(msg, 'data'))
     if buf.size < h * step:
         raise CloudError(f'image data has {buf.size} bytes, expected height*step = {h * step}')
-    rows = buf[:h * step].reshape(h, step)[:, :row]
+    if buf.size > h * step:
+        raise CloudError(f'image data has {buf.size} bytes, more than height*step = '
+                         f'{h * step}: the size fields do not describe the data')
+    rows = buf.reshape(h, step)[:, :row]
     order = '>' if bool(getattr(msg, 'is_bigendian', False)) else '<'
     img = np.ascontiguousarray(rows).view(dtype.newbyteorder(order))
     return img.reshape(h, w, channels).astype(dtype.newbyteorder('='), copy=False)
@@ -506,13 +643,23 @@ def _image_array(msg: Any, dtype: np.dtype, channels: int) -> np.ndarray:
 
 def depth_image_to_cloud(image_msg: Any, camera_info_msg: Any, color_msg: Any = None, *,
                          depth_scale: float | None = None) -> Cloud:
-    """sensor_msgs/Image (16UC1 mm or 32FC1 m) + CameraInfo (+ registered rgb8/bgr8) -> Cloud."""
+    """sensor_msgs/Image (16UC1 mm or 32FC1 m) + CameraInfo (+ registered rgb8/bgr8) -> Cloud.
+
+    As for PointCloud2, any input gives a Cloud or a CloudError with the reason.
+    """
+    return _guarded('depth image', _depth_image_to_cloud, image_msg, camera_info_msg,
+                    color_msg, depth_scale)
+
+
+def _depth_image_to_cloud(image_msg: Any, camera_info_msg: Any, color_msg: Any,
+                          depth_scale: float | None) -> Cloud:
     encoding = str(_get(image_msg, 'encoding'))
     if encoding not in _DEPTH_ENCODINGS:
-        raise CloudError(f'unsupported depth encoding {encoding!r}; expected one of '
+        raise CloudError(f'unsupported depth encoding {encoding!r:.60}; expected one of '
                          f'{", ".join(_DEPTH_ENCODINGS)}')
     depth = _image_array(image_msg, _DEPTH_ENCODINGS[encoding], 1)[:, :, 0]
-    ih, iw = int(_get(camera_info_msg, 'height')), int(_get(camera_info_msg, 'width'))
+    ih = _index(_get(camera_info_msg, 'height'), 'CameraInfo height')
+    iw = _index(_get(camera_info_msg, 'width'), 'CameraInfo width')
     if (ih, iw) != (0, 0) and (ih, iw) != depth.shape:
         raise CloudError(f'CameraInfo is {iw}x{ih} but the depth image is '
                          f'{depth.shape[1]}x{depth.shape[0]}')
@@ -520,7 +667,7 @@ def depth_image_to_cloud(image_msg: Any, camera_info_msg: Any, color_msg: Any = 
     if color_msg is not None:
         cenc = str(_get(color_msg, 'encoding'))
         if cenc not in _COLOR_ENCODINGS:
-            raise CloudError(f'unsupported colour encoding {cenc!r}; expected one of '
+            raise CloudError(f'unsupported colour encoding {cenc!r:.60}; expected one of '
                              f'{", ".join(_COLOR_ENCODINGS)}')
         ch, order = _COLOR_ENCODINGS[cenc]
         colors = _image_array(color_msg, np.dtype('u1'), ch)[:, :, order]
@@ -533,25 +680,18 @@ def depth_image_to_cloud(image_msg: Any, camera_info_msg: Any, color_msg: Any = 
 
 def read_pcd(path: str | Path, *, max_points: int | None = None,
              require_valid: bool = True) -> Cloud:
-    """Read a PCD file (ascii / binary / binary_compressed), keeping custom fields."""
+    """Read a PCD file (ascii / binary / binary_compressed), keeping custom fields.
+
+    The header is checked before anything is allocated (:mod:`p3d_perception.pcd`);
+    any malformed file is a CloudError saying what is wrong with it.
+    """
+    from p3d_perception.pcd import read_pcd_array
     path = Path(path)
     if not path.is_file():
         raise CloudError(f'PCD file not found: {path}')
-    try:
-        from pypcd4 import PointCloud as _PcdCloud
-        pcd = _PcdCloud.from_path(path)
-    except CloudError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file
-        raise CloudError(f'cannot read PCD file {path}: {exc}') from exc
-    meta = pcd.metadata
-    arr = pcd.pc_data
-    n = int(arr.shape[0])
-    if n == 0:
-        raise EmptyCloudError(f'PCD file {path} holds no points')
-    _check_size(n, max_points)
-    height, width = int(meta.height), int(meta.width)
-    if height * width != n:
-        height, width = 1, n
-    return _structured_to_cloud(arr, height, width, frame_id='', stamp_ns=0,
-                                require_valid=require_valid)
+
+    def read() -> Cloud:
+        arr, header = read_pcd_array(path, max_points=max_points)
+        return _structured_to_cloud(arr, header.height, header.width, frame_id='',
+                                    stamp_ns=0, require_valid=require_valid)
+    return _guarded(f'PCD file {path}', read)

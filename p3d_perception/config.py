@@ -11,6 +11,8 @@ is the most expensive kind of bug on a robot.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import typing
 from pathlib import Path
 from typing import Any, Mapping, Type, TypeVar
@@ -69,6 +71,26 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def require_finite(obj: Any, prefix: str = '') -> None:
+    """Refuse NaN and inf in every float field of a config dataclass (nested ones too).
+
+    Every range check in a ``validate()`` is a comparison, and NaN fails none of them,
+    so ``expire_s: .nan`` passed every check and broke the first frame; one generic
+    check keeps new fields covered without anyone writing it again. Floats inside
+    tuples and lists (viewpoints, crop boxes) count as well.
+    """
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        where = prefix + f.name
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            require_finite(value, where + '.')
+            continue
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if (isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral)
+                    and not math.isfinite(float(v))):
+                raise ConfigError(f'{where} must be a finite number, got {v}')
+
+
 def from_dict(cls: Type[T], data: Mapping[str, Any] | None, prefix: str = '') -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys raise ConfigError."""
     data = dict(data or {})
@@ -81,6 +103,7 @@ def from_dict(cls: Type[T], data: Mapping[str, Any] | None, prefix: str = '') ->
             f'valid keys: {", ".join(sorted(names))}')
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     obj = cls(**kwargs)
+    require_finite(obj, prefix)
     validate = getattr(obj, 'validate', None)
     if callable(validate):
         validate()

@@ -19,7 +19,7 @@ import threading
 
 import numpy as np
 
-from p3d_perception.config import ConfigError
+from p3d_perception.config import ConfigError, require_finite
 
 
 @dataclass
@@ -44,6 +44,7 @@ class MemoryConfig:
     absorb_margin_m: float = 0.01
 
     def validate(self) -> None:
+        require_finite(self, 'memory.')
         if self.match_distance_m <= 0:
             raise ConfigError('memory.match_distance_m must be > 0')
         if not -1.0 <= self.min_embedding_similarity <= 1.0:

@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from p3d_perception.cloud import Cloud
-from p3d_perception.config import ConfigError
+from p3d_perception.config import ConfigError, require_finite
 from p3d_perception.memory import MemoryConfig, Observation, ObjectMemory, TrackedObject
 from p3d_perception.segment import Cluster, SegmentationConfig, Segmenter
 
@@ -60,6 +60,7 @@ class PipelineConfig:
     min_points_to_recognise: int = 40
 
     def validate(self) -> None:
+        require_finite(self)   # segmentation.* and memory.* included
         if self.top_k < 1:
             raise ConfigError('top_k must be >= 1')
         if not 0.0 <= self.unknown_threshold <= 1.0:

@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from p3d_perception.cloud import Cloud, CloudError
-from p3d_perception.config import ConfigError
+from p3d_perception.config import ConfigError, require_finite
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ class SegmentationConfig:
     seed: int = 0                     #: RANSAC random seed (results are deterministic)
 
     def validate(self) -> None:
+        require_finite(self, 'segmentation.')
+
         def positive(name: str) -> None:
             if not getattr(self, name) > 0:
                 raise ConfigError(f'segmentation.{name} must be > 0, got {getattr(self, name)}')
@@ -336,6 +338,8 @@ def _shift(a: np.ndarray, dv: int, du: int, fill) -> np.ndarray:
     """a shifted so that out[v, u] = a[v + dv, u + du] (``fill`` outside)."""
     out = np.full_like(a, fill)
     h, w = a.shape[:2]
+    if abs(dv) >= h or abs(du) >= w:  # a shift past the whole grid (a small ROI) is all fill
+        return out
     vs = slice(max(0, -dv), min(h, h - dv))
     us = slice(max(0, -du), min(w, w - du))
     vs2 = slice(max(0, dv), min(h, h + dv))

@@ -96,3 +96,25 @@ BAD_VALUES = [('match_distance_m', 0.0), ('update_rate', 0.0), ('expire_s', -1.0
 def test_invalid_config_is_refused_with_the_field_named(field, value):
     with pytest.raises(ConfigError, match=field):
         ObjectMemory(MemoryConfig(**{field: value}))
+
+
+@pytest.mark.parametrize('field', ['expire_s', 'match_distance_m', 'update_rate',
+                                   'absorb_margin_m', 'min_embedding_similarity'])
+@pytest.mark.parametrize('value', [float('nan'), float('inf'), float('-inf')])
+def test_non_finite_values_are_refused_with_the_field_named(field, value):
+    with pytest.raises(ConfigError, match=f'memory.{field} must be a finite number'):
+        ObjectMemory(MemoryConfig(**{field: value}))
+
+
+def test_nan_from_yaml_is_refused_before_a_frame_can_fail(tmp_path):
+    import yaml
+    from p3d_perception.config import load
+    from p3d_perception.pipeline import PipelineConfig
+    path = tmp_path / 'p.yaml'
+    path.write_text('memory:\n  expire_s: .nan\n')
+    assert np.isnan(yaml.safe_load(path.read_text())['memory']['expire_s'])
+    with pytest.raises(ConfigError, match='memory.expire_s must be a finite number'):
+        load(PipelineConfig, path)
+    path.write_text('memory:\n  match_distance_m: .inf\n')
+    with pytest.raises(ConfigError, match='memory.match_distance_m'):
+        load(PipelineConfig, path)

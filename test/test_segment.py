@@ -212,8 +212,8 @@ def test_oriented_box_without_plane_is_pca_box():
 def test_config_validation_and_bad_input():
     with pytest.raises(ConfigError, match='min_range'):
         from_dict(SegmentationConfig, {'min_range': 5.0, 'max_range': 3.0})
-    with pytest.raises(ConfigError, match='crop_min'):
-        from_dict(SegmentationConfig, {'crop_min': [0, 0, 0]})
+    with pytest.raises(ConfigError, match='crop_min'):   # one corner alone is a half-open box
+        from_dict(SegmentationConfig, {'crop_min': [0, 0, 0], 'crop_max': [0, 1, 1]})
     with pytest.raises(ConfigError, match='unknown'):
         from_dict(SegmentationConfig, {'voxel': 0.01})
     with pytest.raises(ConfigError, match='up'):
@@ -335,3 +335,75 @@ def test_support_plane_found_when_clutter_outnumbers_it():
     n, d = planes[0][:3], planes[0][3]
     assert n @ up > np.cos(np.radians(3))
     assert abs(centre @ n + d) < 0.005
+
+
+@pytest.mark.parametrize('overrides,field', [
+    ({'min_range': float('nan')}, 'segmentation.min_range'),
+    ({'max_range': float('inf')}, 'segmentation.max_range'),
+    ({'viewpoint': (0.0, float('nan'), 0.0)}, 'segmentation.viewpoint'),
+    ({'crop_min': (0.0, 0.0, float('-inf')), 'crop_max': (1.0, 1.0, 1.0)},
+     'segmentation.crop_min'),
+    ({'up': (0.0, float('nan'), 1.0)}, 'segmentation.up'),
+    ({'cluster_tolerance': float('nan')}, 'segmentation.cluster_tolerance')])
+def test_non_finite_config_values_are_refused(overrides, field):
+    # NaN passed every comparison in validate(): 0 detections and no warning
+    with pytest.raises(ConfigError, match=f'{field} must be a finite number'):
+        Segmenter(SegmentationConfig(**overrides))
+    with pytest.raises(ConfigError, match=field.split('.')[1]):
+        from_dict(SegmentationConfig, overrides)
+    from p3d_perception.pipeline import PipelineConfig
+    with pytest.raises(ConfigError, match=field):
+        from_dict(PipelineConfig, {'segmentation': overrides})
+
+
+def _roi(h, w, seed=0):
+    """An (h, w) crop of a depth camera looking down at a table with a box on it."""
+    from p3d_perception.cloud import depth_to_cloud
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:h, 0:w]
+    depth = 1.0 + 0.002 * v + rng.normal(0, 0.001, (h, w))
+    depth[h // 3:, w // 3:2 * w // 3 + 1] -= 0.05                 # a box nearer the camera
+    depth[rng.random((h, w)) < 0.1] = 0                           # holes
+    return depth_to_cloud(depth.astype(np.float32), [[300, 0, w / 2], [0, 300, h / 2],
+                                                     [0, 0, 1]])
+
+
+@pytest.mark.parametrize('shape', [(1, 1), (2, 2), (5, 40), (9, 4), (40, 5), (3, 200)])
+def test_small_organised_clouds_segment_without_crashing(shape, make_tiny_model, tmp_path):
+    # _shift built negative slices when the crease radius exceeded the grid side
+    from p3d_perception.pipeline import Pipeline
+    from p3d_perception.recognize import Recognizer
+    cloud = _roi(*shape)
+    assert (cloud.height, cloud.width) == shape
+    small = SegmentationConfig(min_cluster_points=3, plane_min_points=3,
+                               min_cluster_size=0.0, crease_radius=0.5)
+    for cfg in (SegmentationConfig(), small, SegmentationConfig(up=(0.0, -1.0, 0.0))):
+        seg = Segmenter(cfg)(cloud)
+        assert seg.labels.shape == (len(cloud),)
+        for c in seg.clusters:
+            assert np.isfinite(c.box.center).all() and np.isfinite(c.box.extent).all()
+    rec = Recognizer.from_checkpoint(make_tiny_model(tmp_path / 'm', vocabulary=['box', 'mug']),
+                                     device='cpu')
+    result = Pipeline(rec).process(cloud)
+    assert result.labels.shape == (len(cloud),)
+
+
+@pytest.mark.parametrize('points,height,width', [
+    (np.zeros((0, 3), np.float32), 1, 0), (np.zeros((0, 3), np.float32), 0, 640),
+    (np.full((6, 3), np.nan, np.float32), 2, 3), (np.full((6, 3), np.nan, np.float32), 1, 6)])
+def test_empty_and_all_invalid_clouds_give_no_clusters(points, height, width):
+    from p3d_perception.pipeline import Pipeline, PipelineConfig
+
+    class NoRecognizer:
+        """Never called: an empty cloud has no cluster to recognise."""
+
+        vocabulary = ['x']
+
+        def classify(self, *args, **kwargs):
+            raise AssertionError('classify called on an empty cloud')
+
+    cloud = Cloud(points, None, height, width)
+    seg = Segmenter()(cloud)
+    assert seg.clusters == [] and seg.labels.shape == (len(points),)
+    result = Pipeline(NoRecognizer(), PipelineConfig()).process(cloud)
+    assert result.detections == [] and result.labels.shape == (len(points),)

@@ -10,11 +10,15 @@ with ``ros2 bag play`` and real recordings read here unchanged.
 
 Robot bags are often cut short (power loss, full disk), so readers report
 corrupt or truncated bags and undecodable messages, log a warning and keep
-going with the rest instead of aborting a long extraction.
+going with the rest instead of aborting a long extraction. A bag the
+``rosbags`` reader refuses (no MCAP summary, missing metadata.yaml, broken
+sqlite3 pages) is read record by record instead (:mod:`p3d_perception.bagrecovery`)
+and every complete message in it is kept; the report says how many.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -234,19 +238,29 @@ class BagReport:
     messages: int = 0
     undecodable: int = 0
     per_topic: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: damaged bags read record by record: bag -> complete messages recovered
+    recovered: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: clouds that decode but cannot be a scan (a coordinate beyond 1 km: flipped bits)
+    implausible: int = 0
 
     @property
     def ok(self) -> bool:
-        return not (self.bags_failed or self.truncated or self.undecodable)
+        return not (self.bags_failed or self.truncated or self.undecodable
+                    or self.implausible)
 
     def summary(self) -> str:
         s = f'{len(self.bags_read)} bag(s) read, {self.messages} message(s)'
         if self.bags_failed:
             s += f', {len(self.bags_failed)} bag(s) unreadable'
         if self.truncated:
-            s += f', {len(self.truncated)} bag(s) cut short'
+            s += f', {len(self.truncated)} bag(s) damaged or cut short'
+        if self.recovered:
+            s += (f' ({sum(self.recovered.values())} message(s) recovered from '
+                  f'{len(self.recovered)} of them)')
         if self.undecodable:
             s += f', {self.undecodable} message(s) undecodable'
+        if self.implausible:
+            s += f', {self.implausible} implausible cloud(s) skipped'
         return s
 
 
@@ -293,26 +307,140 @@ def _decoder(ts, conn, cache: dict):
     return fn
 
 
+STORAGE_SUFFIXES = ('.mcap', '.db3')
+
+
+def storage_files(path: Path) -> list[Path]:
+    """The storage files of a bag: the file itself, or the directory's .mcap/.db3 files.
+
+    metadata.yaml is not needed (it is written last, so a cut recording lacks it).
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.iterdir() if p.suffix in STORAGE_SUFFIXES and p.is_file())
+
+
+def _recovered(path: Path, want: set[str] | None, report: BagReport, reason: str,
+               skip: collections.Counter | None = None) -> Iterator[tuple[Any, int, bytes]]:
+    """Raw messages of a bag the rosbags reader refused, read record by record."""
+    from p3d_perception.bagrecovery import Recovery, RecoveryError, scan_storage
+    files = storage_files(path) if path.exists() else []
+    scans = []
+    for f in files:
+        found = Recovery(str(f))
+        scans.append(found)
+        try:
+            for conn, stamp, raw in scan_storage(f, found):
+                if want is not None and conn.topic not in want:
+                    continue
+                key = (conn.topic, int(stamp))
+                if skip and skip[key] > 0:   # already given by the reader before it failed
+                    skip[key] -= 1
+                    continue
+                yield conn, stamp, raw
+        except RecoveryError as exc:
+            found.damage.append(str(exc))
+        except OSError as exc:
+            found.damage.append(f'{f}: {exc}')
+    bag = str(path)
+    if not any(s.connections for s in scans):
+        why = '; '.join(d for s in scans for d in s.damage[:1]) or 'no .mcap/.db3 file'
+        log.warning('skipping unreadable bag %s: %s (recovery: %s)', path, reason, why)
+        report.bags_failed.append((bag, f'{reason} (recovery: {why})'))
+        return
+    n = sum(s.messages for s in scans)
+    damage = [d for s in scans for d in s.damage]
+    log.warning('bag %s is damaged (%s): read record by record, %d complete message(s) '
+                'recovered%s', path, reason, n, f'; {damage[0]}' if damage else '')
+    report.recovered[bag] = report.recovered.get(bag, 0) + n
+    report.truncated.append((bag, f'{reason}; {n} complete message(s) recovered'
+                             + (f' ({damage[0]})' if damage else '')))
+
+
+def _connections(path: Path) -> list:
+    """The connections of a bag, from its reader or, if that refuses it, a scan."""
+    try:
+        reader = _open(path)
+    except Exception:  # noqa: BLE001 - a damaged bag: ask the record-by-record reader
+        from p3d_perception.bagrecovery import Recovery, RecoveryError, scan_storage
+        conns: dict = {}
+        for f in storage_files(path):
+            found = Recovery(str(f))
+            try:
+                for conn, _, _ in scan_storage(f, found):
+                    conns.setdefault((conn.topic, conn.msgtype), conn)
+            except (RecoveryError, OSError):
+                continue
+            for conn in found.connections.values():
+                conns.setdefault((conn.topic, conn.msgtype), conn)
+        if not conns:
+            raise
+        return list(conns.values())
+    try:
+        return list(reader.connections)
+    finally:
+        reader.close()
+
+
+def topic_types(path) -> dict[str, dict[str, int]]:
+    """topic -> {message type: message count} (counts 0 where a damaged bag hides them).
+
+    A topic can carry several types (a second publisher of another type); callers
+    pick by type, not by the topic's first or last connection.
+    """
+    out: dict[str, dict[str, int]] = {}
+    for c in _connections(Path(path)):
+        types = out.setdefault(c.topic, {})
+        types[c.msgtype] = types.get(c.msgtype, 0) + int(getattr(c, 'msgcount', 0) or 0)
+    return out
+
+
 def iter_messages(paths, topics: Iterable[str] | None = None, *,
                   report: BagReport | None = None) -> Iterator[tuple[str, str, int, Any]]:
     """Yield (topic, msgtype, timestamp_ns, message) from one or several bags.
 
-    Bags that cannot be opened or end early, and messages that cannot be
-    decoded, are logged, counted in ``report`` and skipped.
+    Bags that cannot be opened or end early are read record by record instead
+    (every complete message is kept), and messages that cannot be decoded are
+    logged, counted in ``report`` and skipped.
     """
     report = report if report is not None else BagReport()
     want = None if topics is None else set(topics)
     ts = typestore()
     for path in _bag_paths(paths):
+        cache: dict = {}
+        warned = [0]
+
+        def decoded(conn, stamp, raw):
+            dec = _decoder(ts, conn, cache)
+            try:
+                if dec is None:
+                    raise ValueError(f'unknown message type {conn.msgtype}')
+                return dec(raw)
+            except Exception as exc:  # noqa: BLE001 - one bad message is skipped
+                report.undecodable += 1
+                if warned[0] < 5:
+                    log.warning('undecodable %s message on %s in %s: %s', conn.msgtype,
+                                conn.topic, path, exc)
+                    warned[0] += 1
+                return None
+
+        def counted(conn, stamp, msg):
+            report.messages += 1
+            report.per_topic[conn.topic] = report.per_topic.get(conn.topic, 0) + 1
+            return conn.topic, conn.msgtype, int(stamp), msg
+
         try:
             reader = _open(path)
         except Exception as exc:  # noqa: BLE001 - any unreadable bag is reported, not fatal
-            log.warning('skipping unreadable bag %s: %s', path, exc)
-            report.bags_failed.append((str(path), str(exc)))
+            for conn, stamp, raw in _recovered(path, want, report, str(exc)):
+                msg = decoded(conn, stamp, raw)
+                if msg is not None:
+                    yield counted(conn, stamp, msg)
             continue
         report.bags_read.append(str(path))
-        cache: dict = {}
-        warned = 0
+        given: collections.Counter = collections.Counter()
+        failed = None
         try:
             conns = [c for c in reader.connections if want is None or c.topic in want]
             it = reader.messages(connections=conns) if conns else iter(())
@@ -322,37 +450,26 @@ def iter_messages(paths, topics: Iterable[str] | None = None, *,
                 except StopIteration:
                     break
                 except Exception as exc:  # noqa: BLE001 - truncated/corrupt storage
-                    log.warning('bag %s ends early after %d messages: %s', path,
-                                report.messages, exc)
-                    report.truncated.append((str(path), str(exc)))
+                    failed = f'ends early after {report.messages} messages: {exc}'
                     break
-                dec = _decoder(ts, conn, cache)
-                try:
-                    if dec is None:
-                        raise ValueError(f'unknown message type {conn.msgtype}')
-                    msg = dec(raw)
-                except Exception as exc:  # noqa: BLE001 - one bad message is skipped
-                    report.undecodable += 1
-                    if warned < 5:
-                        log.warning('undecodable %s message on %s in %s: %s', conn.msgtype,
-                                    conn.topic, path, exc)
-                        warned += 1
-                    continue
-                report.messages += 1
-                report.per_topic[conn.topic] = report.per_topic.get(conn.topic, 0) + 1
-                yield conn.topic, conn.msgtype, int(stamp), msg
+                given[(conn.topic, int(stamp))] += 1
+                msg = decoded(conn, stamp, raw)
+                if msg is not None:
+                    yield counted(conn, stamp, msg)
         finally:
             reader.close()
+        if failed is not None:
+            log.warning('bag %s %s; reading the rest record by record', path, failed)
+            for conn, stamp, raw in _recovered(path, want, report, failed, skip=given):
+                msg = decoded(conn, stamp, raw)
+                if msg is not None:
+                    yield counted(conn, stamp, msg)
 
 
 def cloud_topics(path) -> list[str]:
     """PointCloud2 topics of a bag, in connection order."""
-    reader = _open(Path(path))
-    try:
-        return list(dict.fromkeys(c.topic for c in reader.connections
-                                  if c.msgtype == POINTCLOUD2))
-    finally:
-        reader.close()
+    return list(dict.fromkeys(c.topic for c in _connections(Path(path))
+                              if c.msgtype == POINTCLOUD2))
 
 
 def iter_clouds(paths, topic: str | None = None, *, report: BagReport | None = None,
@@ -362,7 +479,7 @@ def iter_clouds(paths, topic: str | None = None, *, report: BagReport | None = N
     Without a topic, each bag's first PointCloud2 topic is used. Clouds that
     fail to decode are counted as undecodable in ``report`` and skipped.
     """
-    from p3d_perception.cloud import CloudError, pointcloud2_to_cloud
+    from p3d_perception.cloud import CloudError, implausible, pointcloud2_to_cloud
     report = report if report is not None else BagReport()
     for path in _bag_paths(paths):
         t = topic
@@ -385,6 +502,11 @@ def iter_clouds(paths, topic: str | None = None, *, report: BagReport | None = N
             except CloudError as exc:
                 report.undecodable += 1
                 log.warning('skipping a bad cloud at %d in %s: %s', stamp, path, exc)
+                continue
+            why = implausible(cloud)
+            if why:
+                report.implausible += 1
+                log.warning('skipping an implausible cloud at %d in %s: %s', stamp, path, why)
                 continue
             yield stamp, cloud
 

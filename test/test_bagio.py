@@ -173,3 +173,104 @@ def test_undecodable_messages_are_counted(tmp_path, static_frames):
     assert [c[0] for c in clouds] == [1, 4]
     assert report.undecodable == 1
     assert bagio.cloud_topics(path) == ['/points']
+
+
+def _complete_before(mcap, cut):
+    """Messages of an intact MCAP whose records end before byte ``cut``."""
+    from p3d_perception.bagrecovery import Recovery, scan_mcap
+    found = Recovery(str(mcap), ends=[])
+    list(scan_mcap(mcap, found))
+    return sum(1 for e in found.ends if e <= cut), len(found.ends)
+
+
+@pytest.fixture(scope='module')
+def long_bag(tmp_path_factory, static_frames):
+    frames = [f for f in _frames(8)]
+    return bagio.write_scene_bag(tmp_path_factory.mktemp('long') / 'bag', frames)
+
+
+@pytest.mark.parametrize('cut', [0.5, 0.9, 0.99, 'last 4 KB'])
+def test_truncated_mcap_keeps_its_complete_messages(tmp_path, long_bag, cut, caplog):
+    # the rosbags reader refuses an MCAP without its summary: 0 messages before
+    mcap = next(long_bag.glob('*.mcap'))
+    data = mcap.read_bytes()
+    at = len(data) - 4096 if cut == 'last 4 KB' else int(len(data) * cut)
+    bag = tmp_path / 'cut'
+    shutil.copytree(long_bag, bag)
+    next(bag.glob('*.mcap')).write_bytes(data[:at])
+    complete, total = _complete_before(mcap, at)
+    report = bagio.BagReport()
+    with caplog.at_level('WARNING'):
+        msgs = list(bagio.iter_messages(bag, report=report))
+    assert len(msgs) >= 0.9 * complete and len(msgs) <= complete and complete < total + 1
+    assert report.recovered == {str(bag): len(msgs)} and report.undecodable == 0
+    assert str(bag) in [b for b, _ in report.truncated] and not report.bags_failed
+    assert 'recovered' in report.summary()
+    assert any('recovered' in r.message for r in caplog.records)
+    assert bagio.cloud_topics(bag) == [bagio.CLOUD_TOPIC]
+    clouds = list(bagio.iter_clouds(bag))
+    assert len(clouds) == sum(1 for m in msgs if m[1] == bagio.POINTCLOUD2) > 0
+
+
+def test_mcap_without_metadata_yaml_is_read_from_its_records(tmp_path, long_bag):
+    bag = tmp_path / 'no_meta'
+    shutil.copytree(long_bag, bag)
+    (bag / 'metadata.yaml').unlink()               # ros2 bag record writes it last
+    report = bagio.BagReport()
+    msgs = list(bagio.iter_messages(bag, report=report))
+    assert len(msgs) == 8 * 5 + 1 and report.recovered[str(bag)] == len(msgs)
+
+
+def test_half_written_sqlite3_bag_keeps_its_intact_rows(tmp_path, static_frames):
+    good = bagio.write_scene_bag(tmp_path / 'sq', _frames(6), storage='sqlite3')
+    n_all = len(list(bagio.iter_messages(good)))
+    db = next(good.glob('*.db3'))
+    data = db.read_bytes()
+    db.write_bytes(data[:len(data) // 2])          # pages past the cut never reached disk
+    (good / 'metadata.yaml').unlink()
+    report = bagio.BagReport()
+    msgs = list(bagio.iter_messages(good, report=report))
+    assert 0.3 * n_all < len(msgs) < n_all and report.undecodable == 0
+    assert report.recovered[str(good)] == len(msgs)
+    clouds = list(bagio.iter_clouds(good))
+    assert clouds and all(len(c) == 160 * 120 for _, c in clouds)
+    # rows come in recording order
+    stamps = [m[2] for m in msgs]
+    assert stamps == sorted(stamps)
+
+
+def test_flipped_bytes_never_raise_and_the_rest_is_read(tmp_path, long_bag):
+    mcap = next(long_bag.glob('*.mcap'))
+    data = bytearray(mcap.read_bytes())
+    rng = np.random.default_rng(7)
+    for trial in range(6):
+        bad = bytearray(data)
+        for pos in rng.integers(8, len(bad) - 8, 20):
+            bad[pos] ^= 1 << int(rng.integers(0, 8))
+        bag = tmp_path / f'flip{trial}'
+        shutil.copytree(long_bag, bag)
+        next(bag.glob('*.mcap')).write_bytes(bytes(bad))
+        report = bagio.BagReport()
+        msgs = list(bagio.iter_messages(bag, report=report))
+        clouds = list(bagio.iter_clouds(bag, report=bagio.BagReport()))
+        assert len(msgs) + report.undecodable >= 20      # most of the 41 survive
+        for _, c in clouds:
+            assert np.abs(c.points[c.valid]).max() <= 1000.0
+
+
+def test_implausible_clouds_are_counted_and_skipped(tmp_path, static_frames):
+    import dataclasses
+    path = tmp_path / 'far'
+    ts = bagio.typestore()
+    msg = bagio._cloud_msg(ts, static_frames[0], 1)
+    data = np.frombuffer(bytes(msg.data), np.float32).copy().reshape(-1, 4)
+    first = int(np.flatnonzero(np.isfinite(data[:, :3]).all(axis=1))[0])
+    data[first, 0] = 3e30                               # x of a valid point: a flipped exponent
+    bad = dataclasses.replace(msg, data=data.reshape(-1).view(np.uint8))
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        c = w.add_connection('/points', bagio.POINTCLOUD2, typestore=ts)
+        w.write(c, 1, ts.serialize_cdr(msg, bagio.POINTCLOUD2))
+        w.write(c, 2, ts.serialize_cdr(bad, bagio.POINTCLOUD2))
+    report = bagio.BagReport()
+    assert [s for s, _ in bagio.iter_clouds(path, report=report)] == [1]
+    assert report.implausible == 1 and 'implausible' in report.summary()

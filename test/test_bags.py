@@ -102,7 +102,9 @@ def test_files_and_columns_are_the_contract(extracted):
     assert meta['format_version'] == 1 and meta['every'] == 1
     assert meta['vocabulary'] == VOCAB and meta['text_space'] == 'minilm'
     assert meta['counts']['clusters'] == len(rows) and meta['counts']['groups'] == len(groups)
-    assert meta['counts']['clouds_read'] == 12
+    # 12 clouds of the good bag and the complete ones of the bag cut in half
+    assert meta['counts']['clouds_read'] == meta['bag_report']['per_topic'][bagio.CLOUD_TOPIC]
+    assert 12 < meta['counts']['clouds_read'] < 24
     assert meta['command'].startswith('p3d bags extract')
 
 
@@ -174,14 +176,70 @@ def test_corrupt_bags_are_reported_and_skipped(extracted, bags_dir, tmp_path):
     meta = json.loads((out / 'dataset.json').read_text())
     rep = meta['bag_report']
     failed = {Path(f['bag']).name: f['reason'] for f in rep['bags_failed']}
-    assert set(failed) == {'cut', 'junk'} and all(failed.values())
+    assert set(failed) == {'junk'} and all(failed.values())
+    # the bag cut in half is read record by record: its complete clouds are kept
+    damaged = {Path(f['bag']).name: f['reason'] for f in rep['truncated']}
+    assert set(damaged) == {'cut'} and 'recovered' in damaged['cut']
+    assert rep['recovered'][str(bags_dir / 'cut')] > 0
     assert rep['bags_read'] == [str(bags_dir / 'good')]
-    assert '2 bag(s) unreadable' in text and f'skipped {bags_dir / "cut"}' in text
-    assert {r['bag'] for r in B.load_dataset(out).rows} == {str(bags_dir / 'good')}
+    assert '1 bag(s) unreadable' in text and f'skipped {bags_dir / "junk"}' in text
+    assert f'damaged {bags_dir / "cut"}' in text
+    assert {r['bag'] for r in B.load_dataset(out).rows} == {str(bags_dir / 'good'),
+                                                            str(bags_dir / 'cut')}
     # nothing readable at all: non-zero exit, nothing written
-    rc, _ = run('bags', 'extract', bags_dir / 'cut', bags_dir / 'junk', '--out',
-                tmp_path / 'none', '--quiet')
+    stub = tmp_path / 'stub'
+    shutil.copytree(bags_dir / 'cut', stub)
+    mcap = next(stub.glob('*.mcap'))
+    mcap.write_bytes(mcap.read_bytes()[:100])
+    rc, _ = run('bags', 'extract', stub, bags_dir / 'junk', '--out', tmp_path / 'none',
+                '--quiet')
     assert rc != 0 and not (tmp_path / 'none').exists()
+
+
+def _salted_bag(src, path):
+    """The clouds of ``src`` with damage a real recording can hold, in one bag."""
+    import dataclasses
+    from rosbags.rosbag2 import Writer
+    ts = bagio.typestore()
+    msgs = [(st, m) for _, mt, st, m in bagio.iter_messages(src, [bagio.CLOUD_TOPIC])
+            if mt == bagio.POINTCLOUD2][:6]
+    with Writer(path, version=9) as w:
+        c = w.add_connection(bagio.CLOUD_TOPIC, bagio.POINTCLOUD2, typestore=ts)
+        s = w.add_connection(bagio.CLOUD_TOPIC, 'std_msgs/msg/String', typestore=ts)
+        for i, (st, m) in enumerate(msgs):
+            raw = ts.serialize_cdr(m, bagio.POINTCLOUD2)
+            if i == 1:
+                raw = raw[:40]                                       # undecodable
+            if i == 2:
+                pts = np.frombuffer(bytes(m.data), np.float32).copy()
+                pts[np.isfinite(pts)] = 1e30                         # implausible
+                raw = ts.serialize_cdr(dataclasses.replace(m, data=pts.view(np.uint8)),
+                                       bagio.POINTCLOUD2)
+            if i == 3:
+                raw = ts.serialize_cdr(dataclasses.replace(m, point_step=2 ** 31),
+                                       bagio.POINTCLOUD2)            # was a plain ValueError
+            w.write(c, st, raw)
+            w.write(s, st + 1, ts.serialize_cdr(ts.types['std_msgs/msg/String'](data='x'),
+                                                'std_msgs/msg/String'))
+    return path
+
+
+def test_one_bad_message_is_skipped_and_the_rest_kept(bags_dir, tiny_model_dir, tmp_path):
+    # extract aborted on one undecodable message and wrote nothing, and a String
+    # connection on the cloud topic made the bag look like a String topic
+    salted = _salted_bag(bags_dir / 'good', tmp_path / 'salted')
+    out = tmp_path / 'ds'
+    rc, text = run('bags', 'extract', salted, bags_dir / 'good', '--out', out, '--every', 1,
+                   '--model', tiny_model_dir, '--device', 'cpu', '--quiet')
+    assert rc == 0, text
+    ds = B.load_dataset(out)
+    rep = ds.meta['bag_report']
+    assert rep['bags_without_topic'] == [] and rep['implausible_clouds'] == 1
+    assert rep['undecodable'] == 2 and str(salted) in rep['bags_read']
+    frames = {r['frame_index'] for r in ds.rows if r['bag'] == str(salted)}
+    assert frames and frames <= {0, 4, 5} and {r['bag'] for r in ds.rows} == {
+        str(salted), str(bags_dir / 'good')}
+    assert 'implausible' in text
 
 
 def test_pictures_exist_and_show_something(extracted):

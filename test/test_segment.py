@@ -303,6 +303,39 @@ def test_cli_segment_bag_writes_npz(tmp_path):
     assert wrong.returncode == 1 and '/camera/points' in wrong.stderr
 
 
+def test_cli_segment_bag_skips_bad_frames_and_keeps_the_rest(tmp_path):
+    # p3d segment stopped at the first bad frame and kept nothing; a String publisher
+    # on the cloud topic made the whole topic look like a String topic
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+    from p3d_perception import bagio
+    pts_a, gt_a, _, _ = table_scene(seed=6)
+    src = tmp_path / 'src'
+    _write_bag(src, [(pts_a, 1, len(pts_a))])
+    raw = next(m for m in bagio.iter_messages(src))[3]
+    store = get_typestore(Stores.ROS2_JAZZY)
+    good = bytes(store.serialize_cdr(raw, bagio.POINTCLOUD2))
+    bag = tmp_path / 'salted'
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        c = w.add_connection('/camera/points', bagio.POINTCLOUD2, typestore=store)
+        s = w.add_connection('/camera/points', 'std_msgs/msg/String', typestore=store)
+        w.write(c, 1, good)
+        w.write(c, 2, b'\x00\x01\x00\x00\xff')                    # undecodable
+        w.write(s, 3, store.serialize_cdr(store.types['std_msgs/msg/String'](data='hi'),
+                                          'std_msgs/msg/String'))
+        w.write(c, 4, good[:-1] + b'\x00\x00\x00\x00\x00')             # data too long
+        w.write(c, 5, good)
+    out = tmp_path / 'labels.npz'
+    r = _cli('segment', bag, '--out', out, '--json')
+    assert r.returncode == 0, r.stderr
+    frames = json.loads(r.stdout)
+    assert [f['index'] for f in frames] == [0, 3]          # messages 1 and 2 are skipped
+    assert 'undecodable' in r.stderr
+    with np.load(out) as npz:
+        assert sorted(npz.files) == ['labels_000000', 'labels_000003', 'stamp_ns']
+        assert match_instances(npz['labels_000003'], gt_a)['matched'] == 2
+
+
 @needs_mosd
 def test_cli_eval_segmentation_writes_json_and_png(tmp_path):
     d = tmp_path / 'scans'

@@ -93,7 +93,12 @@ def run_extract(args: argparse.Namespace) -> int:
     for bag, why in report.bags_failed:
         print(f'  skipped {bag}: {why}')
     for bag, why in report.truncated:
-        print(f'  cut short {bag}: {why}')
+        print(f'  damaged {bag}: {why}')
+    if report.implausible:
+        print(f'  {report.implausible} implausible cloud(s) skipped (a coordinate beyond 1 km)')
+    if summary.frames_failed:
+        print(f'  {summary.frames_failed} frame(s) skipped: segmentation or recognition '
+              'failed on them (see the log)')
     for bag, info in summary.fixed_frames.items():
         where = info['fixed_frame'] or '-'
         note = '' if info['from_tf'] else (
@@ -148,7 +153,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     'propose a label per cluster with the model (one batched call per frame),\n'
                     'group the clusters of one object across frames (boxes in the fixed TF\n'
                     'frame of the bag, else the sensor frame), and write DATASET/.\n'
-                    'Corrupt or truncated bags are reported and skipped.',
+                    'Damaged bags are read record by record (complete messages kept);\n'
+                    'unreadable bags and bad messages are reported and skipped.',
         epilog=LABELS_HELP)
     e.add_argument('bags', nargs='+', metavar='BAG', help='rosbag2 directory or .mcap/.db3 file')
     e.add_argument('--out', required=True, type=Path, metavar='DATASET',

@@ -116,30 +116,48 @@ def _is_bag(path: Path) -> bool:
         '.mcap', '.db3')
 
 
-def iter_bag_clouds(path: Path, topic: str | None):
-    """(topic, Cloud) for every PointCloud2 message of ``topic`` (or the only such topic)."""
-    from rosbags.highlevel import AnyReader
-    from rosbags.typesys import Stores, get_typestore
+def iter_bag_clouds(path: Path, topic: str | None, report=None):
+    """(message index, Cloud) for every good PointCloud2 of ``topic`` (or the only one).
 
-    from p3d_perception.cloud import pointcloud2_to_cloud
-    store = get_typestore(Stores.ROS2_JAZZY)
+    Like the node, a bad message is dropped, not fatal: undecodable or implausible
+    clouds are counted in ``report`` (a bagio.BagReport) and skipped, a damaged bag is
+    read record by record, and the index counts every message of the topic so labels
+    still name the message they belong to.
+    """
+    from p3d_perception import bagio
+    from p3d_perception.cloud import CloudError, implausible, pointcloud2_to_cloud
+    report = report if report is not None else bagio.BagReport()
     bag = path
     if path.is_file() and (path.parent / 'metadata.yaml').is_file():
         bag = path.parent
-    with AnyReader([bag], default_typestore=store) as reader:
-        pc_topics = sorted({c.topic for c in reader.connections
-                            if c.msgtype == 'sensor_msgs/msg/PointCloud2'})
-        if topic is None:
-            if len(pc_topics) != 1:
-                raise ValueError(f'{path}: choose a PointCloud2 topic with --topic; found '
-                                 f'{", ".join(pc_topics) or "none"}')
-            topic = pc_topics[0]
-        elif topic not in pc_topics:
-            raise ValueError(f'{path}: no PointCloud2 topic {topic!r}; PointCloud2 topics: '
+    pc_topics = sorted(bagio.cloud_topics(bag))
+    if topic is None:
+        if len(pc_topics) != 1:
+            raise ValueError(f'{path}: choose a PointCloud2 topic with --topic; found '
                              f'{", ".join(pc_topics) or "none"}')
-        conns = [c for c in reader.connections if c.topic == topic]
-        for conn, _, raw in reader.messages(connections=conns):
-            yield topic, pointcloud2_to_cloud(reader.deserialize(raw, conn.msgtype))
+        topic = pc_topics[0]
+    elif topic not in pc_topics:
+        raise ValueError(f'{path}: no PointCloud2 topic {topic!r}; PointCloud2 topics: '
+                         f'{", ".join(pc_topics) or "none"}')
+    index, prev_bad = -1, report.undecodable
+    for _, msgtype, _, msg in bagio.iter_messages([bag], [topic], report=report):
+        if msgtype != bagio.POINTCLOUD2:
+            continue   # another type sharing the topic
+        index += 1 + report.undecodable - prev_bad
+        prev_bad = report.undecodable
+        try:
+            cloud = pointcloud2_to_cloud(msg)
+        except CloudError as exc:
+            report.undecodable += 1
+            prev_bad = report.undecodable
+            log.warning('%s: skipping message %d: %s', path, index, exc)
+            continue
+        why = implausible(cloud)
+        if why:
+            report.implausible += 1
+            log.warning('%s: skipping message %d, it cannot be a scan: %s', path, index, why)
+            continue
+        yield index, cloud
 
 
 def _run_segment(args: argparse.Namespace) -> int:
@@ -149,16 +167,28 @@ def _run_segment(args: argparse.Namespace) -> int:
     if not path.exists():
         raise FileNotFoundError(f'input not found: {path}')
     segmenter = Segmenter(load_config(args.config))
+    report = None
     if _is_bag(path):
-        frames = ((i, cloud) for i, (_, cloud) in enumerate(iter_bag_clouds(path, args.topic)))
+        from p3d_perception.bagio import BagReport
+        report = BagReport()
+        frames = iter_bag_clouds(path, args.topic, report)
     else:
         if args.topic:
             raise ValueError('--topic applies to rosbag2 inputs only')
         frames = iter([(None, read_pcd(path))])
     results, stacked, stamps = [], {}, []
     last = None
+    failed = 0
     for i, cloud in frames:
-        seg = segmenter(cloud)
+        try:
+            seg = segmenter(cloud)
+        except Exception as exc:  # noqa: BLE001 - one frame that breaks is skipped
+            if i is None:
+                raise
+            failed += 1
+            log.warning('message %d: segmentation failed (%s: %s); skipped', i,
+                        type(exc).__name__, exc)
+            continue
         last = (cloud, seg)
         entry = {'clusters': cluster_summary(seg), 'points': len(cloud),
                  'timings_ms': {k: round(v, 2) for k, v in seg.timings_ms.items()}}
@@ -172,8 +202,12 @@ def _run_segment(args: argparse.Namespace) -> int:
         results.append(entry)
         log.info('%s: %d clusters in %.1f ms', f'message {i}' if i is not None else path.name,
                  len(seg.clusters), seg.timings_ms.get('total', 0.0))
+    if report is not None and (not report.ok or failed):
+        log.warning('%s: %s%s; the other frames are kept', path, report.summary(),
+                    f', {failed} frame(s) failed to segment' if failed else '')
     if last is None:
-        raise ValueError(f'{path}: no PointCloud2 messages on the topic')
+        raise ValueError(f'{path}: no readable PointCloud2 messages on the topic'
+                         + (f' ({report.summary()})' if report is not None else ''))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

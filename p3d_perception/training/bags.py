@@ -666,6 +666,7 @@ class DatasetSummary:
     files: list[Path]
     kept_labels: int = 0
     changed_proposals: int = 0
+    frames_failed: int = 0
 
 
 def check_output_dir(out: str | Path, overwrite: bool) -> Path:
@@ -691,18 +692,18 @@ def _clear_dataset(root: Path) -> None:
 
 
 def _bag_topics(path: Path) -> dict[str, tuple[str, int]]:
-    """topic -> (message type, message count) from a bag's index, without reading data."""
-    from rosbags.rosbag2 import Reader
-    reader = Reader(path)
-    reader.open()
-    try:
-        out: dict[str, tuple[str, int]] = {}
-        for c in reader.connections:
-            n = out.get(c.topic, (c.msgtype, 0))[1]
-            out[c.topic] = (c.msgtype, n + int(getattr(c, 'msgcount', 0) or 0))
-        return out
-    finally:
-        reader.close()
+    """topic -> (message type, message count) from a bag's index, without reading data.
+
+    A topic with a PointCloud2 connection counts as a PointCloud2 topic even when a
+    second publisher of another type shares it (its messages are skipped by type);
+    a damaged bag's topics come from a record-by-record scan (counts 0).
+    """
+    from p3d_perception.bagio import POINTCLOUD2, topic_types
+    out: dict[str, tuple[str, int]] = {}
+    for topic, types in topic_types(path).items():
+        msgtype = POINTCLOUD2 if POINTCLOUD2 in types else next(iter(types))
+        out[topic] = (msgtype, types[msgtype])
+    return out
 
 
 def _pick_topic(path: Path, topics: dict[str, tuple[str, int]], wanted: str | None
@@ -766,14 +767,15 @@ def _load_recognizer(model: str | Path | None, device: str, vocabulary: Sequence
     return pipeline, path
 
 
-def _report_dict(report, skipped_topics: dict[str, str]) -> dict:
+def _report_dict(report, skipped_topics: dict[str, str], frames_failed: int = 0) -> dict:
     return {
         'summary': report.summary(), 'bags_read': list(report.bags_read),
         'bags_failed': [{'bag': b, 'reason': r} for b, r in report.bags_failed],
         'truncated': [{'bag': b, 'reason': r} for b, r in report.truncated],
         'bags_without_topic': [{'bag': b, 'reason': r} for b, r in skipped_topics.items()],
         'messages': int(report.messages), 'undecodable': int(report.undecodable),
-        'per_topic': dict(report.per_topic)}
+        'recovered': dict(report.recovered), 'implausible_clouds': int(report.implausible),
+        'frames_failed': int(frames_failed), 'per_topic': dict(report.per_topic)}
 
 
 def _now() -> str:
@@ -800,16 +802,15 @@ def extract_dataset(bags: Sequence[str | Path], out: str | Path, *, topic: str |
                     command: str = '', progress: bool = True) -> DatasetSummary:
     """Segment, pre-label and group every ``every``-th cloud of the bags into ``out``.
 
-    Unreadable, truncated or topic-less bags and undecodable messages are logged,
-    recorded in dataset.json and skipped; DatasetError only when no cloud at all
-    could be read (then nothing is written).
+    Damaged bags are read record by record (their complete messages are kept);
+    unreadable or topic-less bags, undecodable or implausible clouds and frames that
+    fail are logged, counted in dataset.json and skipped, and the rest is kept;
+    DatasetError only when no cloud at all could be read (then nothing is written).
     """
     from tqdm import tqdm
 
-    from p3d_perception.bagio import BagReport, POINTCLOUD2, iter_messages
-    from p3d_perception.cloud import CloudError, pointcloud2_to_cloud
+    from p3d_perception.bagio import BagReport
     from p3d_perception.config import to_dict
-    from p3d_perception.memory import ObjectMemory, Observation
     if every < 1:
         raise ValueError(f'--every must be >= 1, got {every}')
     if accept_above is not None and not 0.0 <= accept_above <= 1.0:
@@ -851,105 +852,19 @@ def extract_dataset(bags: Sequence[str | Path], out: str | Path, *, topic: str |
     scores: list[dict[str, float]] = []
     group_of: dict[tuple[int, int], int] = {}
     fixed_frames: dict[str, dict] = {}
-    clouds_read = clouds_used = 0
     total = sum(topics[t][1] for _, t, topics in plan)
     bar = tqdm(total=total or None, unit='cloud', desc='bags extract', disable=not progress)
+    state = {'clouds_read': 0, 'clouds_used': 0, 'frames_failed': 0}
     for bi, (path, t, topics) in enumerate(plan):
-        tree = TransformTree.from_bag(path)
-        truth = _ground_truth(path, topics)
-        memory = ObjectMemory(mem_cfg)
-        recognizer.set_up_vector(None)
-        up = None
-        used_frames: collections.Counter = collections.Counter()
-        info = {'topic': t, 'clouds': 0, 'clouds_without_tf': 0, 'tf_transforms': len(tree)}
-        warned_tf = False
-        prev_bad, index = report.undecodable, -1
-        for _, msgtype, stamp, msg in iter_messages([path], [t], report=report):
-            skipped = report.undecodable - prev_bad    # messages bagio could not decode
-            index += 1 + skipped
-            bar.update(1 + skipped)
-            prev_bad = report.undecodable
-            if msgtype != POINTCLOUD2:
-                continue
-            clouds_read += 1
-            if index % every:
-                continue
-            try:
-                cloud = pointcloud2_to_cloud(msg, require_valid=False)
-            except CloudError as exc:
-                report.undecodable += 1
-                prev_bad = report.undecodable
-                log.warning('%s: skipping cloud %d: %s', path, index, exc)
-                continue
-            clouds_used += 1
-            info['clouds'] += 1
-            stamp_ns = int(cloud.stamp_ns or stamp)
-            seg = pipeline.segmenter(cloud)
-            clusters = [c for c in seg.clusters if len(c.indices) >= cfg.min_points_to_recognise]
-            clusters.sort(key=lambda c: len(c.indices), reverse=True)
-            clusters = clusters[:cfg.max_objects_per_frame]
-            if seg.planes:   # as Pipeline.process: the table's normal is gravity's up
-                up = np.asarray(seg.planes[0][:3], np.float64)
-                recognizer.set_up_vector(up)
-            if not clusters:
-                continue
-            recs = recognizer.classify(
-                [c.points for c in clusters],
-                [c.colors for c in clusters] if cloud.colors is not None else None,
-                top_k=TOP_K, unknown_threshold=0.0)
-            found = tree.lookup(cloud.frame_id, stamp_ns)
-            if found is None:
-                fixed, T = _frame(cloud.frame_id) or 'sensor', np.eye(4)
-                info['clouds_without_tf'] += 1
-                if not warned_tf:
-                    log.warning('%s: no /tf or /tf_static transform for frame %r; grouping in '
-                                'the sensor frame (objects group only while the camera stays '
-                                'still)', path, cloud.frame_id)
-                    warned_tf = True
-            else:
-                fixed, T = found
-            used_frames[fixed] += 1
-            R, tr = T[:3, :3], T[:3, 3]
-            obs = [Observation(center=R @ np.asarray(c.box.center, np.float64) + tr,
-                               rotation=R @ np.asarray(c.box.rotation, np.float64),
-                               size=np.asarray(c.box.extent, np.float64),
-                               embedding=r.embedding, label=r.label, score=float(r.score),
-                               top_labels=list(r.top_labels), top_scores=list(r.top_scores),
-                               point_count=len(c.indices))
-                   for c, r in zip(clusters, recs)]
-            ids = memory.update(obs, fixed, stamp_ns)
-            gt = truth.get(stamp_ns)
-            inst = None
-            if gt is not None and gt['instance'].size == len(cloud):
-                inst = gt['instance'].reshape(-1)
-                valid = cloud.valid
-                cats = {int(o['id']): str(o['category']) for o in gt['objects']}
-            for c, r, oid in zip(clusters, recs, ids):
-                gid = group_of.setdefault((bi, int(oid)), len(group_of))
-                gt_label, gt_iou = ('', None) if inst is None else \
-                    _gt_match(c.indices, inst, valid, cats)
-                p = np.asarray(c.points, np.float32)
-                col = (np.asarray(c.colors, np.float32) / 255.0 if c.colors is not None
-                       else np.zeros_like(p))
-                points.append(p)
-                colors.append(col.astype(np.float32))
-                has_color.append(c.colors is not None)
-                embeddings.append(np.asarray(r.embedding, np.float32))
-                ups.append(up if up is not None else np.full(3, np.nan))
-                thumbs.append(render_thumbnail(p, c.colors, cloud.frame_id))
-                center, size = np.asarray(c.box.center), np.asarray(c.box.extent)
-                rows.append({
-                    'cluster_id': len(rows), 'group_id': gid, 'bag': str(path), 'topic': t,
-                    'frame_index': index, 'stamp_ns': stamp_ns, 'frame_id': cloud.frame_id,
-                    'center_x': center[0], 'center_y': center[1], 'center_z': center[2],
-                    'size_x': size[0], 'size_y': size[1], 'size_z': size[2],
-                    'point_count': len(c.indices), 'proposed_label': r.label,
-                    'proposed_score': float(r.score), 'gt_label': gt_label, 'gt_iou': gt_iou})
-                scores.append(dict(zip(r.top_labels, r.top_scores)))
-        info['fixed_frame'] = (used_frames.most_common(1)[0][0] if used_frames else None)
-        info['fixed_frames'] = dict(used_frames)
-        info['from_tf'] = info['clouds_without_tf'] == 0 and bool(used_frames)
-        fixed_frames[str(path)] = info
+        try:
+            fixed_frames[str(path)] = _extract_bag(
+                bi, path, t, topics, every, pipeline, report, mem_cfg, bar, state, group_of,
+                (points, colors, has_color, embeddings, ups, thumbs, rows, scores))
+        except Exception as exc:  # noqa: BLE001 - one broken bag must not lose the others
+            log.warning('%s: extraction stopped by %s: %s; its clusters so far are kept, the '
+                        'other bags are read', path, type(exc).__name__, exc)
+            report.bags_failed.append((str(path), f'extraction stopped: {exc}'))
+    clouds_read, clouds_used = state['clouds_read'], state['clouds_used']
     bar.close()
     if clouds_read == 0:
         raise DatasetError(_nothing_read(bags, report, skipped_topics))
@@ -990,7 +905,7 @@ def extract_dataset(bags: Sequence[str | Path], out: str | Path, *, topic: str |
         'counts': {'clouds_read': clouds_read, 'clouds_used': clouds_used,
                    'clusters': len(rows), 'groups': len(groups),
                    'labelled_groups': sum(1 for g in groups if g['label'])},
-        'bag_report': _report_dict(report, skipped_topics),
+        'bag_report': _report_dict(report, skipped_topics, state['frames_failed']),
         'accept_above': accept_above,
         'columns': COLUMN_HELP,
         'history': [{'step': 'extract', 'time': _now(), 'command': command,
@@ -1003,7 +918,155 @@ def extract_dataset(bags: Sequence[str | Path], out: str | Path, *, topic: str |
     return DatasetSummary(root=root, report=report, clouds_read=clouds_read,
                           clouds_used=clouds_used, clusters=len(rows), groups=len(groups),
                           labelled_groups=meta['counts']['labelled_groups'],
-                          fixed_frames=fixed_frames, files=files)
+                          fixed_frames=fixed_frames, files=files,
+                          frames_failed=state['frames_failed'])
+
+
+def _extract_bag(bi: int, path: Path, t: str, topics: dict, every: int, pipeline, report,
+                 mem_cfg, bar, state: dict, group_of: dict, out: tuple) -> dict:
+    """Clusters of one bag appended to ``out``; the bag's grouping info returned.
+
+    Every message is its own unit of failure: one that cannot be decoded, holds an
+    implausible cloud (flipped bits) or breaks segmentation is counted and skipped,
+    and the rest of the bag is kept.
+    """
+    from p3d_perception.bagio import POINTCLOUD2, iter_messages
+    from p3d_perception.cloud import CloudError, implausible, pointcloud2_to_cloud
+    from p3d_perception.memory import ObjectMemory
+    points, colors, has_color, embeddings, ups, thumbs, rows, scores = out
+    recognizer = pipeline.recognizer
+    tree = TransformTree.from_bag(path)
+    truth = _ground_truth(path, topics)
+    memory = ObjectMemory(mem_cfg)
+    recognizer.set_up_vector(None)
+    up = None
+    used_frames: collections.Counter = collections.Counter()
+    info = {'topic': t, 'clouds': 0, 'clouds_without_tf': 0, 'tf_transforms': len(tree),
+            'warned_tf': False}
+    prev_bad, index = report.undecodable, -1
+    warned = 0
+    for _, msgtype, stamp, msg in iter_messages([path], [t], report=report):
+        skipped = report.undecodable - prev_bad    # messages bagio could not decode
+        index += skipped
+        bar.update(1 + skipped)
+        prev_bad = report.undecodable
+        if msgtype != POINTCLOUD2:
+            continue   # another type sharing the topic: not a frame
+        index += 1
+        state['clouds_read'] += 1
+        if index % every:
+            continue
+        try:
+            cloud = pointcloud2_to_cloud(msg, require_valid=False)
+            why = implausible(cloud)
+        except CloudError as exc:
+            report.undecodable += 1
+            prev_bad = report.undecodable
+            log.warning('%s: skipping cloud %d: %s', path, index, exc)
+            continue
+        if why:
+            report.implausible += 1
+            if warned < 5:
+                log.warning('%s: skipping cloud %d, it cannot be a scan: %s', path, index, why)
+                warned += 1
+            continue
+        state['clouds_used'] += 1
+        info['clouds'] += 1
+        try:
+            new = _cloud_clusters(cloud, int(cloud.stamp_ns or stamp), pipeline, tree, memory,
+                                  truth, info, path)
+        except Exception as exc:  # noqa: BLE001 - one frame that breaks is skipped
+            state['frames_failed'] += 1
+            log.warning('%s: skipping cloud %d: %s: %s', path, index, type(exc).__name__, exc)
+            continue
+        if new is None:
+            continue
+        fixed, plane_up, found = new
+        used_frames[fixed] += 1
+        if plane_up is not None:
+            up = plane_up
+        for c, r, oid, gt_label, gt_iou in found:
+            gid = group_of.setdefault((bi, int(oid)), len(group_of))
+            p = np.asarray(c.points, np.float32)
+            col = (np.asarray(c.colors, np.float32) / 255.0 if c.colors is not None
+                   else np.zeros_like(p))
+            points.append(p)
+            colors.append(col.astype(np.float32))
+            has_color.append(c.colors is not None)
+            embeddings.append(np.asarray(r.embedding, np.float32))
+            ups.append(up if up is not None else np.full(3, np.nan))
+            thumbs.append(render_thumbnail(p, c.colors, cloud.frame_id))
+            center, size = np.asarray(c.box.center), np.asarray(c.box.extent)
+            rows.append({
+                'cluster_id': len(rows), 'group_id': gid, 'bag': str(path), 'topic': t,
+                'frame_index': index, 'stamp_ns': int(cloud.stamp_ns or stamp),
+                'frame_id': cloud.frame_id,
+                'center_x': center[0], 'center_y': center[1], 'center_z': center[2],
+                'size_x': size[0], 'size_y': size[1], 'size_z': size[2],
+                'point_count': len(c.indices), 'proposed_label': r.label,
+                'proposed_score': float(r.score), 'gt_label': gt_label, 'gt_iou': gt_iou})
+            scores.append(dict(zip(r.top_labels, r.top_scores)))
+    info['fixed_frame'] = (used_frames.most_common(1)[0][0] if used_frames else None)
+    info['fixed_frames'] = dict(used_frames)
+    info['from_tf'] = info['clouds_without_tf'] == 0 and bool(used_frames)
+    info.pop('warned_tf')
+    return info
+
+
+def _cloud_clusters(cloud, stamp_ns: int, pipeline, tree, memory, truth: dict, info: dict,
+                    path: Path):
+    """(fixed frame, plane normal, [(cluster, recognition, object id, gt label, gt IoU)]).
+
+    None when the frame holds no cluster to recognise. Nothing is appended to the
+    dataset here, so a frame that fails half-way leaves no half of itself behind.
+    """
+    from p3d_perception.memory import Observation
+    cfg, recognizer = pipeline.config, pipeline.recognizer
+    seg = pipeline.segmenter(cloud)
+    clusters = [c for c in seg.clusters if len(c.indices) >= cfg.min_points_to_recognise
+                and np.isfinite(c.box.center).all() and np.isfinite(c.box.extent).all()]
+    clusters.sort(key=lambda c: len(c.indices), reverse=True)
+    clusters = clusters[:cfg.max_objects_per_frame]
+    up = None
+    if seg.planes:   # as Pipeline.process: the table's normal is gravity's up
+        up = np.asarray(seg.planes[0][:3], np.float64)
+        recognizer.set_up_vector(up)
+    if not clusters:
+        return None
+    recs = recognizer.classify(
+        [c.points for c in clusters],
+        [c.colors for c in clusters] if cloud.colors is not None else None,
+        top_k=TOP_K, unknown_threshold=0.0)
+    found = tree.lookup(cloud.frame_id, stamp_ns)
+    if found is None:
+        fixed, T = _frame(cloud.frame_id) or 'sensor', np.eye(4)
+        info['clouds_without_tf'] += 1
+        if not info['warned_tf']:
+            log.warning('%s: no /tf or /tf_static transform for frame %r; grouping in '
+                        'the sensor frame (objects group only while the camera stays '
+                        'still)', path, cloud.frame_id)
+            info['warned_tf'] = True
+    else:
+        fixed, T = found
+    R, tr = T[:3, :3], T[:3, 3]
+    obs = [Observation(center=R @ np.asarray(c.box.center, np.float64) + tr,
+                       rotation=R @ np.asarray(c.box.rotation, np.float64),
+                       size=np.asarray(c.box.extent, np.float64),
+                       embedding=r.embedding, label=r.label, score=float(r.score),
+                       top_labels=list(r.top_labels), top_scores=list(r.top_scores),
+                       point_count=len(c.indices))
+           for c, r in zip(clusters, recs)]
+    gt = truth.get(stamp_ns)
+    inst = None
+    if gt is not None and gt['instance'].size == len(cloud):
+        inst = gt['instance'].reshape(-1)
+        valid = cloud.valid
+        cats = {int(o['id']): str(o['category']) for o in gt['objects']}
+    matches = [('', None) if inst is None else _gt_match(c.indices, inst, valid, cats)
+               for c in clusters]
+    ids = memory.update(obs, fixed, stamp_ns)
+    return fixed, up, [(c, r, oid, g, iou) for c, r, oid, (g, iou)
+                       in zip(clusters, recs, ids, matches)]
 
 
 def _nothing_read(bags: Sequence[Path], report, skipped_topics: dict[str, str]) -> str:

@@ -134,10 +134,15 @@ def generate_launch_description():
         DeclareLaunchArgument(
             'bag_rate', default_value='1.0', description='Playback speed of bag:='),
     ]
-    transport = os.path.join(share, 'config', 'fastdds.xml')
-    env = [SetEnvironmentVariable(name, os.environ.get(name, transport))
-           for name in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
-           if os.path.isfile(transport)]
+    # Shared memory large enough for 640x480 clouds (config/fastdds.xml) for every process
+    # this launch starts, unless the user chose a profile; Fast DDS 2.x (Jazzy and older)
+    # reads the FASTRTPS_ name, 3.x warns that it is deprecated.
+    names = ['FASTDDS_DEFAULT_PROFILES_FILE']
+    if os.environ.get('ROS_DISTRO', 'jazzy') in ('humble', 'iron', 'jazzy'):
+        names.append('FASTRTPS_DEFAULT_PROFILES_FILE')
+    transport = os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE',
+                               os.path.join(share, 'config', 'fastdds.xml'))
+    env = [SetEnvironmentVariable(name, os.environ.get(name, transport)) for name in names]
     return LaunchDescription(arguments + env + [
         OpaqueFunction(function=_nodes),
         OpaqueFunction(function=_rviz_and_player, args=[share]),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import math
+import signal
 import statistics
 import threading
 import time
@@ -540,12 +541,12 @@ def spin(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
     flight touches a destroyed publisher on the way out.
     """
     log = rclpy.logging.get_logger('p3d_perception')
-    context = rclpy.Context()
     try:
-        rclpy.init(args=args, context=context)
+        rclpy.init(args=args)   # the default context: rclpy's SIGINT handler shuts it down
     except Exception as exc:  # noqa: BLE001 - e.g. a missing --params-file
         log.fatal(f'cannot start: {_one_line(exc)}')
         return 1
+    context = rclpy.get_default_context()
     try:
         node = make_node(context)
     except Exception as exc:  # noqa: BLE001 - a bad parameter or file: say which and stop
@@ -559,6 +560,9 @@ def spin(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C in a terminal reaches ros2 launch and its children, and launch then
+        # signals them again: a second SIGINT must not interrupt the orderly shutdown.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         executor.shutdown(timeout_sec=5.0)
         node.destroy_node()
         rclpy.try_shutdown(context=context)

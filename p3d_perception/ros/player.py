@@ -113,35 +113,45 @@ class BagPlayer(Node):
             msg.clock.sec, msg.clock.nanosec = divmod(int(stamp_ns), 1_000_000_000)
             self._clock_pub.publish(msg)
 
-    def play_once(self, should_stop=lambda: False) -> int:
+    def play_once(self, should_stop=lambda: False, sleep=time.sleep) -> int:
         """Play the bag once; return how many messages were published."""
+        messages = read_raw(self.bag, self.topics)
+        try:
+            count = self._play(messages, should_stop, sleep)
+        finally:
+            messages.close()
+        self.published += count
+        return count
+
+    def _play(self, messages, should_stop, sleep) -> int:
         start_wall, start_bag, count = None, None, 0
-        for topic, msgtype, stamp, raw in read_raw(self.bag, self.topics):
+        for topic, msgtype, stamp, raw in messages:
             if should_stop() or not self.context.ok():
                 break
             pub = self._publisher(topic, msgtype)
             if start_wall is None:
                 start_wall, start_bag = time.monotonic(), stamp
                 if self._pubs:  # give subscribers a moment to match the new publishers
-                    time.sleep(0.5)
+                    sleep(0.5)
                     start_wall = time.monotonic()
             due = start_wall + (stamp - start_bag) * 1e-9 / self.rate
             delay = due - time.monotonic()
             if delay > 0:
-                time.sleep(delay)
+                sleep(delay)
+            if should_stop():
+                break
             self._publish_clock(stamp)
             if pub is not None:
                 pub.publish(raw)  # the recorded CDR bytes, published as they are
                 count += 1
-        self.published += count
         return count
 
-    def play(self, should_stop=lambda: False) -> int:
+    def play(self, should_stop=lambda: False, sleep=time.sleep) -> int:
         passes = 0
         while True:
-            n = self.play_once(should_stop)
+            n = self.play_once(should_stop, sleep)
             passes += 1
-            if n == 0 and passes == 1:
+            if n == 0 and passes == 1 and not should_stop():
                 raise PlayError(f'{self.bag}: no message to play '
                                 f'(topics: {sorted(self.topics) if self.topics else "all"})')
             if not self.loop or should_stop() or not self.context.ok():
@@ -160,18 +170,27 @@ def parse_remaps(items: list[str] | None) -> dict[str, str]:
 
 
 def main(args) -> int:
-    """Entry point of ``p3d play`` (argparse namespace from commands/play.py)."""
+    """Entry point of ``p3d play`` (argparse namespace from commands/play.py).
+
+    Ctrl-C (or the launch's SIGINT) sets a flag that the playing loop checks, so the
+    player stops between messages and closes the bag, without a KeyboardInterrupt
+    unwinding through the bag reader.
+    """
+    import signal
+    import threading
+
     import rclpy
-    from rclpy.executors import ExternalShutdownException
-    rclpy.init(args=None)
+    from rclpy.signals import SignalHandlerOptions
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    rclpy.init(args=None, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = BagPlayer(args.bag, rate=args.rate, loop=args.loop, clock=args.clock,
                          remap=parse_remaps(args.remap), topics=args.topics)
         try:
-            n = node.play()
+            n = node.play(stop.is_set, sleep=stop.wait)
             log.info('published %d message(s) from %s', n, args.bag)
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
         finally:
             node.destroy_node()
     finally:

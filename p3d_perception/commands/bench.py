@@ -26,6 +26,7 @@ BENCHMARKS = {
     'encoder': 'encoder',           # encoder throughput, ONNX parity/speed
     'node': 'node',                 # node latency, query latency, RSS, soak
     'finetune': 'finetune',         # the "new robot" adaptation proof
+    'robustness': 'robustness',     # fuzzed inputs, corrupt files, damaged bags: no crash
 }
 
 

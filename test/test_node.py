@@ -59,6 +59,7 @@ class Harness:
         from rclpy.parameter import Parameter
         msg, srv = interfaces
         params.setdefault('model_path', str(model_dir))
+        self.model_dir = model_dir
         overrides = [Parameter(k, value=v) for k, v in params.items()]
         self.node = PerceptionNode(context=context, parameter_overrides=overrides)
         self.client = Node('test_client', context=context)
@@ -262,3 +263,120 @@ def test_descriptions_file_reaches_the_label_prototypes(harness, tmp_path, make_
         string_value=str(tmp_path / 'missing.yaml'))])
     result = harness.call(harness.set_params, broken).results[0]
     assert not result.successful and 'missing.yaml' in result.reason
+
+
+def test_empty_arrays_reset_and_non_finite_values_are_refused(harness, scan_msg_factory):
+    """What `ros2 param set NODE vocabulary "[]"` sends (a bool array) resets to the model's."""
+    node = harness.node
+    names = SetParameters.Request(parameters=[_param(
+        'vocabulary', ParameterType.PARAMETER_STRING_ARRAY, string_array_value=['mug', 'bowl'])])
+    assert harness.call(harness.set_params, names).results[0].successful
+    for empty in (_param('vocabulary', ParameterType.PARAMETER_BOOL_ARRAY, bool_array_value=[]),
+                  _param('vocabulary', ParameterType.PARAMETER_STRING_ARRAY,
+                         string_array_value=[''])):
+        result = harness.call(harness.set_params,
+                              SetParameters.Request(parameters=[empty])).results[0]
+        assert result.successful, result.reason
+        assert node.get_parameter('vocabulary').value == []
+        assert node.pipeline.recognizer.vocabulary == VOCAB
+        assert harness.call(harness.set_params, names).results[0].successful
+    for name, value in (('memory.expire_s', float('nan')), ('unknown_threshold', float('inf')),
+                        ('segmentation.min_range', float('nan'))):
+        bad = SetParameters.Request(parameters=[_param(
+            name, ParameterType.PARAMETER_DOUBLE, double_value=value)])
+        result = harness.call(harness.set_params, bad).results[0]
+        assert not result.successful and name.split('.')[-1] in result.reason, result.reason
+    viewpoint = SetParameters.Request(parameters=[_param(
+        'segmentation.viewpoint', ParameterType.PARAMETER_DOUBLE_ARRAY,
+        double_array_value=[0.0, float('nan'), 0.0])])
+    assert not harness.call(harness.set_params, viewpoint).results[0].successful
+    # one crop corner at a time, as `ros2 param set` sends them
+    corner = SetParameters.Request(parameters=[_param(
+        'segmentation.crop_max', ParameterType.PARAMETER_DOUBLE_ARRAY,
+        double_array_value=[5.0, 5.0, 5.0])])
+    result = harness.call(harness.set_params, corner).results[0]
+    assert result.successful, result.reason
+    assert node.pipeline.config.segmentation.crop_max == (5.0, 5.0, 5.0)
+    assert harness.send(scan_msg_factory(node)).detections
+
+
+def test_descriptions_file_is_reread_and_a_names_model_switch_takes_one_step(
+        harness, tmp_path, make_tiny_model):
+    lines = tmp_path / 'mine.yaml'
+    lines.write_text('widget: [a widget, a small blue plastic cube]\n')
+    aligned = make_tiny_model(tmp_path / 'desc', vocabulary=['widget', 'mug'],
+                              label_text='descriptions', command='test')
+    both = SetParameters.Request(parameters=[
+        _param('model_path', ParameterType.PARAMETER_STRING, string_value=str(aligned)),
+        _param('descriptions_file', ParameterType.PARAMETER_STRING, string_value=str(lines))])
+    assert all(r.successful for r in harness.call(harness.set_params, both).results)
+    rec = harness.node.pipeline.recognizer
+    first = rec._protos[rec.vocabulary.index('widget')].clone()
+    lines.write_text('widget: [a widget, a long red metal rod with a hook at one end]\n')
+    again = SetParameters.Request(parameters=[both.parameters[1]])
+    assert harness.call(harness.set_params, again).results[0].successful
+    second = rec._protos[rec.vocabulary.index('widget')]
+    assert float(first @ second) < 0.99, 'the edited file was not read again'
+    broken = tmp_path / 'broken.yaml'
+    broken.write_text('widget: [unclosed\n')
+    bad = SetParameters.Request(parameters=[_param(
+        'descriptions_file', ParameterType.PARAMETER_STRING, string_value=str(broken))])
+    result = harness.call(harness.set_params, bad).results[0]
+    assert not result.successful and 'broken.yaml' in result.reason
+    # back to a names model while descriptions_file is still set: one step, with a warning
+    back = SetParameters.Request(parameters=[_param(
+        'model_path', ParameterType.PARAMETER_STRING, string_value=str(harness.model_dir))])
+    result = harness.call(harness.set_params, back).results[0]
+    assert result.successful, result.reason
+    assert harness.node.pipeline.recognizer.vocabulary == VOCAB
+
+
+def test_a_frame_that_breaks_a_stage_is_counted_not_fatal(harness, scan_msg_factory):
+    node = harness.node
+    real = node.pipeline.segmenter
+
+    def broken(cloud):
+        raise RuntimeError('segmenter exploded')
+    node.pipeline.segmenter = broken
+    msg = scan_msg_factory(node)
+    harness.pub.publish(msg)
+    assert harness.wait(lambda: node.stats().get('failed', 0) >= 1)
+    assert 'segmenter exploded' in node._reasons['last_failed_reason']
+    node.pipeline.segmenter = real
+    assert harness.send(scan_msg_factory(node)).detections
+
+
+def test_managed_node_subscribes_only_while_active(rclpy_context, interfaces, tiny_model_dir,
+                                                   scan_msg_factory):
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+    from p3d_perception.ros.managed_node import ManagedPerceptionNode
+    msg_mod, srv = interfaces
+    node = ManagedPerceptionNode(context=rclpy_context, parameter_overrides=[
+        Parameter('model_path', value=str(tiny_model_dir))])
+    client = Node('test_client', context=rclpy_context)
+    got = []
+    client.create_subscription(msg_mod.DetectionArray, 'p3d/detections', got.append, 10)
+    pub = client.create_publisher(PointCloud2, 'points', qos_profile_sensor_data)
+    executor = MultiThreadedExecutor(num_threads=3, context=rclpy_context)
+    executor.add_node(node)
+    executor.add_node(client)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        assert node.pipeline is None and pub.get_subscription_count() == 0
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.pipeline is not None and pub.get_subscription_count() == 0
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert Harness.wait(lambda: pub.get_subscription_count() == 1)
+        pub.publish(scan_msg_factory(node))
+        assert Harness.wait(lambda: got), 'no detections while active'
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert Harness.wait(lambda: pub.get_subscription_count() == 0)
+        assert len(node.pipeline.memory) > 0          # memory survives a deactivate
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert node.pipeline is None
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        client.destroy_node()

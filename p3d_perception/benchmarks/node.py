@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--soak-s', type=float, default=300.0,
                         help='seconds of sustained input at --soak-hz (0 = skip)')
     parser.add_argument('--soak-hz', type=float, default=10.0)
+    parser.add_argument('--query-hz', type=float, default=20.0,
+                        help='/query_object calls per second during the soak')
+    parser.add_argument('--delivery-s', type=float, default=20.0,
+                        help='seconds of 10 Hz frames per QoS for the delivery figure '
+                             '(0 = skip)')
     parser.add_argument('--device', default='auto')
     parser.add_argument('--seed', type=int, default=3)
 
@@ -76,10 +81,11 @@ def run(args: argparse.Namespace) -> dict:
     import p3d_perception_interfaces.srv as p3d_srv
     from p3d_perception.memory import Observation
     from p3d_perception.ros.messages import packed_to_msg
-    from p3d_perception.ros.node import PerceptionNode
+    from p3d_perception.ros.node import PerceptionNode, tune_interpreter
 
     packed = _frames(4, args.objects, args.seed)
     rclpy.init()
+    tune_interpreter()  # as the node's own main() does
     node = PerceptionNode(parameter_overrides=[Parameter('device', value=args.device),
                                                Parameter('max_frame_age_s', value=0.0)])
     client = Node('bench_client')
@@ -95,7 +101,7 @@ def run(args: argparse.Namespace) -> dict:
     client.create_subscription(p3d_msg.DetectionArray, 'p3d/detections', on_detections, 50)
     pub = client.create_publisher(PointCloud2, 'points', qos_profile_sensor_data)
     query = client.create_client(p3d_srv.QueryObject, 'query_object')  # readiness only
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     executor.add_node(client)
     threading.Thread(target=executor.spin, daemon=True).start()
@@ -143,40 +149,71 @@ def run(args: argparse.Namespace) -> dict:
     in_node_ms = round(statistics.median(node._latency['callback_total']), 1)
     query_in_node_ms = round(statistics.median(list(node._latency['query'])[-args.queries:]), 2)
     device = node.pipeline.recognizer.device
+    delivery = {}
+    if args.delivery_s > 0:
+        from p3d_perception.benchmarks.delivery import measure
+        for qos_name in ('sensor_data', 'reliable'):
+            delivery[qos_name] = measure(qos_name, hz=10.0, seconds=args.delivery_s)
+            print(f'delivery across processes, {qos_name}: {delivery[qos_name]}', flush=True)
     if args.soak_s > 0:
-        # the camera is another process, as on a robot: a sender in this process would
-        # compete with the node for the interpreter lock and could not hold 10 Hz. 5 MB
-        # frames between processes need reliable QoS with Fast DDS (README,
-        # Troubleshooting), so the soak runs a fresh node configured that way.
+        # The camera and the task planner are other processes, as on a robot (a sender in
+        # this process would compete with the node for the interpreter lock): best-effort
+        # clouds at --soak-hz, the node's default QoS, and queries at --query-hz meanwhile.
         client.destroy_publisher(pub)
-        executor.remove_node(node)
-        node.destroy_node()
-        node = PerceptionNode(parameter_overrides=[
-            Parameter('device', value=args.device), Parameter('max_frame_age_s', value=0.0),
-            Parameter('input_qos', value='reliable')])
-        executor.add_node(node)
         rss_trace, lat_trace = [], []
         processed0 = node.stats().get('processed', 0)
+        received0 = node.stats().get('received', 0)
+        queries0 = len(node._latency['query'])
+        env = dict(os.environ)
         sender = subprocess.Popen(
             [sys.executable, '-m', 'p3d_perception.benchmarks.node', 'publish',
              str(args.soak_s), str(args.soak_hz), str(args.objects), str(args.seed)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        asker = subprocess.Popen(
+            [sys.executable, '-m', 'p3d_perception.benchmarks.node', 'query-load',
+             str(max(1.0, args.soak_s - 15.0)), str(args.query_hz)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        t_start = time.monotonic()
         while sender.poll() is None:
             time.sleep(10.0)
             rss_trace.append(round(_rss_mb(), 1))
             recent = list(node._latency['callback_total'])[-20:]
             lat_trace.append(round(statistics.median(recent), 1) if recent else None)
+            minutes = (time.monotonic() - t_start) / 60
+            print(f'soak {minutes:5.1f} min: RSS {rss_trace[-1]} MB, frame '
+                  f'{lat_trace[-1]} ms, processed '
+                  f'{node.stats().get("processed", 0) - processed0}', flush=True)
         out, err = sender.communicate()
         if sender.returncode != 0:
             raise RuntimeError(f'cloud publisher failed:\n{err[-2000:]}')
+        qout, qerr = asker.communicate(timeout=120)
+        if asker.returncode != 0:
+            raise RuntimeError(f'query load failed:\n{qerr[-2000:]}')
         sent = json.loads(out.strip().splitlines()[-1])
+        qres = json.loads(qout.strip().splitlines()[-1])
+        qlat_soak = qres.pop('latencies_ms')
         processed = node.stats().get('processed', 0) - processed0
-        soak = {'seconds': args.soak_s, 'input_hz': args.soak_hz, **sent,
+        # RSS slope after the first 2 minutes (warm-up), by least squares
+        warm = [(i * 10 / 60, v) for i, v in enumerate(rss_trace) if i * 10 >= 120]
+        slope = (float(np.polyfit([t for t, _ in warm], [v for _, v in warm], 1)[0])
+                 if len(warm) >= 3 else None)
+        soak = {'seconds': args.soak_s, 'input_hz': args.soak_hz, 'input_qos': 'sensor_data',
+                **sent, 'frames_received_by_callback':
+                    node.stats().get('received', 0) - received0,
                 'frames_processed': processed,
                 'processed_hz': round(processed / args.soak_s, 2),
-                'dropped_stale_or_replaced': sent['frames_sent'] - processed,
+                'queries': {'hz': args.query_hz, **qres,
+                            'p50_ms': round(float(np.percentile(qlat_soak, 50)), 1),
+                            'p99_ms': round(float(np.percentile(qlat_soak, 99)), 1),
+                            'max_ms': round(float(max(qlat_soak)), 1),
+                            'in_node_p99_ms': round(float(np.percentile(
+                                list(node._latency['query'])[queries0:] or [0], 99)), 1),
+                            'goal_p99_ms': 50},
                 'rss_mb_every_10s': rss_trace, 'callback_ms_median_every_10s': lat_trace,
                 'rss_growth_mb': round(rss_trace[-1] - rss_trace[0], 1) if rss_trace else None,
+                'rss_slope_mb_per_min_after_2_min': (round(slope, 3) if slope is not None
+                                                     else None),
+                'rss_slope_goal_mb_per_min': 1.0,
                 # first vs last minute: a leak grows steadily, allocator noise does not
                 'rss_mb_first_last_minute': _minute_means(rss_trace),
                 'callback_ms_first_last_minute': _minute_means(lat_trace)}
@@ -196,6 +233,7 @@ def run(args: argparse.Namespace) -> dict:
                      'p90': round(float(np.percentile(qlat, 90)), 2), 'goal_median': 20,
                      'in_node_median': query_in_node_ms},
         'rss_mb': round(rss_after_warmup, 1), 'rss_goal_mb': 2048,
+        'delivery_10hz_across_processes': delivery, 'delivery_goal_share': 0.95,
         'soak': soak,
     }
     executor.shutdown()
@@ -231,8 +269,52 @@ def _query_client(n_queries: int) -> None:
     print(json.dumps(out))
 
 
+def _query_load(seconds: float, hz: float) -> None:
+    """Call /query_object at ``hz`` for ``seconds`` without waiting for answers.
+
+    A task planner does not pause its requests while the node is busy, so requests are
+    sent on a fixed schedule; each one that has no answer 5 s later is unanswered.
+    Prints latencies (ms) of the answered ones and the unanswered count as JSON.
+    """
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    import p3d_perception_interfaces.srv as p3d_srv
+    rclpy.init()
+    node = Node('bench_query_load')
+    client = node.create_client(p3d_srv.QueryObject, 'query_object')
+    if not client.wait_for_service(timeout_sec=30.0):
+        raise SystemExit('query_object did not appear within 30 s')
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    words = ['mug', 'bowl', 'apple', 'box', 'something to drink from', 'bottle', 'a toy']
+    pending, latencies, failed = [], [], 0
+    period, sent, start = 1.0 / hz, 0, time.monotonic()
+
+    def done(t0):
+        return lambda fut: latencies.append((time.perf_counter() - t0) * 1e3)
+    while time.monotonic() - start < seconds:
+        due = start + sent * period
+        if time.monotonic() < due:
+            time.sleep(due - time.monotonic())
+        request = p3d_srv.QueryObject.Request(query=words[sent % len(words)], top_k=3)
+        future = client.call_async(request)
+        future.add_done_callback(done(time.perf_counter()))
+        pending.append(future)
+        sent += 1
+    time.sleep(5.0)
+    unanswered = sum(not f.done() for f in pending)
+    failed = sum(1 for f in pending if f.done() and not f.result().success)
+    executor.shutdown()
+    node.destroy_node()
+    rclpy.try_shutdown()
+    print(json.dumps({'sent': sent, 'unanswered': unanswered, 'failed': failed,
+                      'latencies_ms': [round(x, 2) for x in latencies]}))
+
+
 def _publisher(seconds: float, hz: float, n_objects: int, seed: int) -> None:
-    """Publish organised clouds at ``hz`` for ``seconds`` (reliable, keep last 1)."""
+    """Publish organised clouds at ``hz`` for ``seconds`` as a camera driver does."""
     import rclpy
     from rclpy.node import Node
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -242,7 +324,7 @@ def _publisher(seconds: float, hz: float, n_objects: int, seed: int) -> None:
     rclpy.init()
     node = Node('bench_camera')
     pub = node.create_publisher(PointCloud2, 'points', QoSProfile(
-        history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
     msgs = [packed_to_msg(p, 'camera_depth_optical_frame', 0) for p in packed]
     deadline = time.monotonic() + 30.0
     while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
@@ -270,5 +352,7 @@ def _publisher(seconds: float, hz: float, n_objects: int, seed: int) -> None:
 if __name__ == '__main__':
     if sys.argv[1] == 'query':
         _query_client(int(sys.argv[2]))
+    elif sys.argv[1] == 'query-load':
+        _query_load(float(sys.argv[2]), float(sys.argv[3]))
     else:
         _publisher(float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))

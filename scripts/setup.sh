@@ -6,7 +6,8 @@
 # Python 3.11 and root, installed into this checkout (nothing global but apt
 # packages and two compatibility links under /opt/python, see below):
 #   1. apt packages open3d and the interface build need (when missing)
-#   2. .venv with every Python dependency pinned in requirements.txt
+#   2. .venv with every Python dependency pinned in requirements.txt and the ROS 2 wheel
+#      set (requirements-ros-jazzy.txt; P3D_ROS_DISTRO=kilted for requirements-ros-kilted.txt)
 #   3. p3d_perception_interfaces built with cmake into ./install
 #   4. p3d_perception installed (editable) into .venv: `p3d`, `perception_node`
 #   5. the ament index entry, share/p3d_perception and lib/p3d_perception/ (what colcon
@@ -33,8 +34,14 @@ export PIP_CONFIG_FILE=/dev/null
 unset PIP_FIND_LINKS PIP_NO_INDEX || true
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# ROS 2 wheel set: Jazzy (LTS) by default; P3D_ROS_DISTRO=kilted for the Kilted set.
+ROS_SET="${P3D_ROS_DISTRO:-jazzy}"
+ROS_REQ="requirements-ros-$ROS_SET.txt"
+[ -f "$ROS_REQ" ] || { echo "[setup] P3D_ROS_DISTRO=$ROS_SET: no $ROS_REQ (jazzy or kilted)" >&2; exit 1; }
+
 inputs_hash() {
-  cat requirements.txt setup.py setup.cfg package.xml scripts/setup.sh \
+  echo "$ROS_SET"
+  cat requirements.txt "$ROS_REQ" setup.py setup.cfg package.xml scripts/setup.sh \
       p3d_perception_interfaces/CMakeLists.txt p3d_perception_interfaces/package.xml \
       p3d_perception_interfaces/msg/* p3d_perception_interfaces/srv/* | sha256sum | cut -d' ' -f1
 }
@@ -70,9 +77,18 @@ import sys
 if sys.version_info[:2] != (3, 11):
     sys.exit(f'p3d_perception needs Python 3.11 (the ROS 2 wheels are cp311); got {sys.version}')
 PYCHECK
-log "pip: installing requirements.txt (first run downloads a few GB: torch with CUDA libraries)"
+log "pip: installing requirements.txt and $ROS_REQ (first run downloads a few GB: torch with CUDA libraries)"
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
-"$VENV/bin/python" -m pip install -q -r requirements.txt
+# switching sets: the other set's wheels install the same modules, so remove them first
+OTHER=$("$VENV/bin/python" -m pip list --format=freeze 2>/dev/null | cut -d= -f1 \
+        | { if [ "$ROS_SET" = jazzy ]; then grep -E '^ros-' | grep -v '^ros-jazzy-'; \
+            else grep '^ros-jazzy-'; fi; } || true)
+if [ -n "$OTHER" ]; then
+  log "pip: removing the other ROS 2 wheel set"
+  # shellcheck disable=SC2086
+  "$VENV/bin/python" -m pip uninstall -q -y $OTHER
+fi
+"$VENV/bin/python" -m pip install -q -r requirements.txt -r "$ROS_REQ"
 
 # --- 3. interfaces package -------------------------------------------------------
 # The ROS wheels' exported CMake targets name the include dirs of the Python they

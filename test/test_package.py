@@ -72,3 +72,27 @@ def test_launch_file_arguments_and_files():
     description = module.generate_launch_description()
     names = {a.name for a in description.get_launch_arguments()}
     assert {'params_file', 'use_sim_time', 'input_topic', 'namespace'} <= names
+
+
+#: Jazzy packages of ros2/ros2.repos this package depends on, and Debian keys rosdep has
+#: in rosdistro's base.yaml / python.yaml. A name outside both (ament_python, a *-pip key
+#: nobody defined) makes `rosdep install --from-paths src --ignore-src` fail.
+ROS_PACKAGES = {'rclpy', 'std_msgs', 'sensor_msgs', 'geometry_msgs', 'visualization_msgs',
+                'diagnostic_msgs', 'std_srvs', 'lifecycle_msgs', 'rosgraph_msgs',
+                'rcl_interfaces', 'launch', 'launch_ros', 'ament_index_python', 'rviz2',
+                'ros2bag', 'rosbag2_storage_mcap', 'tf2_ros_py', 'sensor_msgs_py',
+                'ament_flake8', 'ament_pep257', 'p3d_perception_interfaces'}
+ROSDEP_KEYS = {'python3-numpy', 'python3-scipy', 'python3-yaml', 'python3-tqdm',
+               'python3-matplotlib', 'python3-pil', 'python3-pytest'}
+
+
+def test_every_package_xml_dependency_resolves_with_rosdep():
+    root = ET.parse(REPO / 'package.xml').getroot()
+    deps = {e.text for e in root if e.tag.endswith('depend')}
+    unknown = deps - ROS_PACKAGES - ROSDEP_KEYS
+    assert not unknown, f'no rosdep key for {sorted(unknown)}: put pip-only deps in ' \
+                        'requirements.txt instead'
+    requirements = (REPO / 'requirements.txt').read_text()
+    for pip_only in ('torch==', 'open3d==', 'safetensors==', 'onnxruntime', 'rosbags==',
+                     'sentence-transformers==', 'open_clip_torch==', 'transforms3d=='):
+        assert pip_only in requirements

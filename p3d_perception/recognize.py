@@ -124,7 +124,8 @@ class Recognizer:
 
         ``device`` auto|cpu|cuda (CUDA missing -> warning, CPU); ``backend`` torch |
         onnxruntime | tensorrt (ONNX Runtime with the TensorRT EP first). The ONNX graph
-        is ``onnx_path``, else ``<model>/encoder.onnx``, else exported on the fly.
+        is ``onnx_path``, else ``<model>/encoder.onnx``, else exported on the fly into
+        the user's private cache (verified against its recorded sha256 on every load).
         ``text_space`` must equal the checkpoint's or ModelError is raised.
         """
         from p3d_perception.model.checkpoint import load_model
@@ -142,7 +143,7 @@ class Recognizer:
             if not onnx.is_file():
                 if onnx_path:
                     raise ModelError(f'ONNX encoder not found: {onnx}')
-                from p3d_perception.training.export import export_onnx_cached
+                from p3d_perception.model.export import export_onnx_cached
                 onnx = export_onnx_cached(model, model_dir)
             ep = 'tensorrt' if backend == 'tensorrt' else ('cuda' if dev != 'cpu' else 'cpu')
             runtime = OnnxRuntime(onnx, ep)

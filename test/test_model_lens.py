@@ -9,10 +9,10 @@ import torch
 from p3d_perception.config import from_dict
 from p3d_perception.model.checkpoint import load_model, save_model
 from p3d_perception.model.config import ModelConfig
+from p3d_perception.model.export import check_parity, export_encoder
 from p3d_perception.model.factory import create_model
 from p3d_perception.model.grouping import prepare_batch
 from p3d_perception.model.text_space import load_text_space
-from p3d_perception.training.export import check_parity, export_encoder
 
 LENS = {'grouping': {'num_points': 64, 'num_groups': 8, 'group_size': 8},
         'encoder': {'kind': 'frozen_lens', 'patch_hidden': 16, 'adapter_dim': 8,

@@ -53,9 +53,9 @@ def _time(fn, calls: int) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from p3d_perception.model.export import check_parity, export_encoder
     from p3d_perception.model.grouping import prepare_batch
     from p3d_perception.recognize import Recognizer
-    from p3d_perception.training.export import check_parity, export_encoder
     if args.threads:
         torch.set_num_threads(args.threads)
     rec = Recognizer.from_checkpoint(args.model, device='cpu')

@@ -13,8 +13,11 @@ help:
 	@echo "make lint    flake8 / pep257 / copyright checks only"
 	@echo "make clean   remove build products (keeps .venv)"
 
+# ROS 2 wheel set for a machine without ROS: jazzy (default, LTS) or kilted
+P3D_ROS_DISTRO ?= jazzy
+
 setup:
-	@bash scripts/setup.sh
+	@P3D_ROS_DISTRO=$(P3D_ROS_DISTRO) bash scripts/setup.sh
 
 demo: setup
 	@$(ENV) && p3d demo

@@ -187,10 +187,10 @@ def run(args: argparse.Namespace) -> dict:
         if sender.returncode != 0:
             raise RuntimeError(f'cloud publisher failed:\n{err[-2000:]}')
         qout, qerr = asker.communicate(timeout=120)
-        if asker.returncode != 0:
+        if '{' not in qout:
             raise RuntimeError(f'query load failed:\n{qerr[-2000:]}')
         sent = json.loads(out.strip().splitlines()[-1])
-        qres = json.loads(qout.strip().splitlines()[-1])
+        qres = json.loads([x for x in qout.splitlines() if x.startswith('{')][-1])
         qlat_soak = qres.pop('latencies_ms')
         processed = node.stats().get('processed', 0) - processed0
         # RSS slope after the first 2 minutes (warm-up), by least squares
@@ -287,30 +287,33 @@ def _query_load(seconds: float, hz: float) -> None:
         raise SystemExit('query_object did not appear within 30 s')
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
     words = ['mug', 'bowl', 'apple', 'box', 'something to drink from', 'bottle', 'a toy']
-    pending, latencies, failed = [], [], 0
+    pending, latencies = [], []
     period, sent, start = 1.0 / hz, 0, time.monotonic()
 
     def done(t0):
         return lambda fut: latencies.append((time.perf_counter() - t0) * 1e3)
+    # one thread: send when due, spin (receive answers) until the next send is due
     while time.monotonic() - start < seconds:
-        due = start + sent * period
-        if time.monotonic() < due:
-            time.sleep(due - time.monotonic())
+        wait = start + sent * period - time.monotonic()
+        if wait > 0:
+            executor.spin_once(timeout_sec=wait)
+            continue
         request = p3d_srv.QueryObject.Request(query=words[sent % len(words)], top_k=3)
         future = client.call_async(request)
         future.add_done_callback(done(time.perf_counter()))
         pending.append(future)
         sent += 1
-    time.sleep(5.0)
+    end = time.monotonic() + 5.0
+    while time.monotonic() < end and not all(f.done() for f in pending):
+        executor.spin_once(timeout_sec=0.1)
     unanswered = sum(not f.done() for f in pending)
     failed = sum(1 for f in pending if f.done() and not f.result().success)
-    executor.shutdown()
+    print(json.dumps({'sent': sent, 'unanswered': unanswered, 'failed': failed,
+                      'latencies_ms': [round(x, 2) for x in latencies]}), flush=True)
+    executor.remove_node(node)
     node.destroy_node()
     rclpy.try_shutdown()
-    print(json.dumps({'sent': sent, 'unanswered': unanswered, 'failed': failed,
-                      'latencies_ms': [round(x, 2) for x in latencies]}))
 
 
 def _publisher(seconds: float, hz: float, n_objects: int, seed: int) -> None:

@@ -10,7 +10,9 @@ For systems that bring nodes up in order (a lifecycle manager, or
 - *activate* subscribes to the camera and enables the publishers;
 - *deactivate* unsubscribes (the model and the remembered objects stay, so the next
   activate is instant); queries are answered with ``success=false`` meanwhile;
-- *cleanup* drops the model and the memory.
+- *cleanup* drops the model and the memory (publishers, the query service and the
+  diagnostics timer live as long as the process: destroying them from a transition
+  callback races rclpy's multi-threaded executor).
 
 The launch file's ``managed:=true autostart:=true`` does configure and activate.
 """
@@ -30,6 +32,7 @@ class ManagedPerceptionNode(PerceptionBase, LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('p3d_perception', **kwargs)
         self._declare()
+        self._outputs_created = False
         self.get_logger().info('unconfigured: ros2 lifecycle set '
                                f'{self.get_fully_qualified_name()} configure')
 
@@ -39,12 +42,14 @@ class ManagedPerceptionNode(PerceptionBase, LifecycleNode):
         except StartupError as exc:
             self.get_logger().error(f'configure failed: {exc}')
             return TransitionCallbackReturn.FAILURE
-        self._create_outputs(self.create_lifecycle_publisher)
+        if not self._outputs_created:
+            self._create_outputs(self.create_lifecycle_publisher)
+            self._outputs_created = True
         self.get_logger().info('configured: model loaded')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
-        source = self._subscribe()
+        source = self._subscribe(removable=True)
         self.get_logger().info(self._ready_line(source))
         return super().on_activate(state)
 
@@ -71,7 +76,6 @@ class ManagedPerceptionNode(PerceptionBase, LifecycleNode):
     def _release(self) -> None:
         with self._lock:
             self.pipeline = None
-        self._destroy_outputs(self.destroy_lifecycle_publisher)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
@@ -176,29 +177,30 @@ class PerceptionBase:
                                              callback_group=self._misc_group,
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
 
-    def _destroy_outputs(self, destroy_publisher: Callable) -> None:
-        for pub in (self._pub_detections, self._pub_markers, self._pub_query_markers,
-                    self._pub_clusters, self._pub_vision):
-            if pub is not None:
-                destroy_publisher(pub)
-        self.destroy_publisher(self._pub_diag)
-        self.destroy_service(self._query_service)
-        self.destroy_timer(self._diag_timer)
-
     # ------------------------------------------------------------- activate
-    def _subscribe(self) -> str:
+    def _subscribe(self, *, removable: bool = False) -> str:
+        """Subscribe to the camera; ``removable`` ones can be destroyed from a callback.
+
+        rclpy's multi-threaded executor can fail on a QoS event handler destroyed while it
+        builds its wait set (InvalidHandle), so subscriptions the managed node removes on
+        deactivate are made without event handlers (no incompatible-QoS warning for them).
+        """
         qos = input_qos(self._params['input_qos'])
+        kw: dict[str, Any] = {}
+        if removable:
+            kw['event_callbacks'] = SubscriptionEventCallbacks(use_default_callbacks=False)
         if self._params['input_type'] == 'pointcloud':
             self._subscriptions = [self.create_subscription(
                 PointCloud2, 'points', self._on_cloud, qos,
-                callback_group=self._frames_group)]
+                callback_group=self._frames_group, **kw)]
             return self.resolve_topic_name('points')
         self._infos = collections.deque(maxlen=30)
         self._subscriptions = [
             self.create_subscription(CameraInfo, 'depth/camera_info', self._on_info,
-                                     qos_profile_sensor_data, callback_group=self._misc_group),
+                                     qos_profile_sensor_data, callback_group=self._misc_group,
+                                     **kw),
             self.create_subscription(Image, 'depth/image_rect_raw', self._on_depth, qos,
-                                     callback_group=self._frames_group)]
+                                     callback_group=self._frames_group, **kw)]
         return self.resolve_topic_name('depth/image_rect_raw')
 
     def _unsubscribe(self) -> None:

@@ -380,3 +380,13 @@ def test_managed_node_subscribes_only_while_active(rclpy_context, interfaces, ti
         executor.shutdown()
         node.destroy_node()
         client.destroy_node()
+
+
+def test_every_float_parameter_has_a_range_holding_its_default():
+    """rclpy refuses values outside a descriptor's range, NaN among them, before any callback."""
+    for spec in all_specs():
+        if spec.descriptor.type != ParameterType.PARAMETER_DOUBLE:
+            continue
+        ranges = spec.descriptor.floating_point_range
+        assert ranges, f'{spec.name} has no floating_point_range'
+        assert ranges[0].from_value <= spec.default <= ranges[0].to_value, spec.name

@@ -78,6 +78,23 @@ def descriptor(name: str, ptype: int, text: str, *, read_only: bool = False,
     return d
 
 
+#: Ranges of the config dataclasses' float fields as ROS descriptors show them (rqt
+#: sliders, `ros2 param describe`; rclpy refuses values outside, NaN included). The
+#: dataclasses' validate() still decides what is valid; these only bound it for tools.
+FLOAT_RANGES = {
+    'memory.match_distance_m': (0.0, 10.0), 'memory.min_embedding_similarity': (-1.0, 1.0),
+    'memory.expire_s': (0.0, 86400.0), 'memory.update_rate': (0.0, 1.0),
+    'memory.absorb_margin_m': (0.0, 1.0),
+    'segmentation.min_range': (0.0, 100.0), 'segmentation.max_range': (0.0, 100.0),
+    'segmentation.voxel_size': (0.0, 1.0), 'segmentation.up_tolerance_deg': (0.0, 90.0),
+    'segmentation.plane_distance': (0.0, 1.0), 'segmentation.min_support_extent': (0.0, 100.0),
+    'segmentation.min_height': (0.0, 10.0), 'segmentation.max_height': (0.0, 10.0),
+    'segmentation.cluster_tolerance': (0.0, 1.0), 'segmentation.crease_radius': (0.0, 1.0),
+    'segmentation.crease_threshold': (0.0, 10.0), 'segmentation.min_cluster_size': (0.0, 10.0),
+    'segmentation.max_cluster_size': (0.0, 100.0), 'segmentation.rim_tolerance': (0.0, 1.0),
+}
+
+
 def dataclass_specs(prefix: str, cls: type) -> list[ParamSpec]:
     """Return a ParamSpec per field of config dataclass ``cls``, named ``prefix.field``."""
     hints = typing.get_type_hints(cls)
@@ -99,9 +116,10 @@ def dataclass_specs(prefix: str, cls: type) -> list[ParamSpec]:
         doc = (f.metadata.get('doc') if f.metadata else None) or _field_doc(cls, f.name)
         if optional:
             doc += ' (empty = not set)'
-        specs.append(ParamSpec(f'{prefix}.{f.name}', default,
-                               descriptor(f'{prefix}.{f.name}', ptype, doc), as_tuple,
-                               optional))
+        name = f'{prefix}.{f.name}'
+        specs.append(ParamSpec(name, default,
+                               descriptor(name, ptype, doc, float_range=FLOAT_RANGES.get(name)),
+                               as_tuple, optional))
     return specs
 
 

@@ -430,40 +430,47 @@ def iter_messages(paths, topics: Iterable[str] | None = None, *,
             report.per_topic[conn.topic] = report.per_topic.get(conn.topic, 0) + 1
             return conn.topic, conn.msgtype, int(stamp), msg
 
-        try:
-            reader = _open(path)
-        except Exception as exc:  # noqa: BLE001 - any unreadable bag is reported, not fatal
-            for conn, stamp, raw in _recovered(path, want, report, str(exc)):
-                msg = decoded(conn, stamp, raw)
-                if msg is not None:
-                    yield counted(conn, stamp, msg)
-            continue
-        report.bags_read.append(str(path))
-        given: collections.Counter = collections.Counter()
-        failed = None
-        try:
-            conns = [c for c in reader.connections if want is None or c.topic in want]
-            it = reader.messages(connections=conns) if conns else iter(())
-            while True:
-                try:
-                    conn, stamp, raw = next(it)
-                except StopIteration:
-                    break
-                except Exception as exc:  # noqa: BLE001 - truncated/corrupt storage
-                    failed = f'ends early after {report.messages} messages: {exc}'
-                    break
-                given[(conn.topic, int(stamp))] += 1
-                msg = decoded(conn, stamp, raw)
-                if msg is not None:
-                    yield counted(conn, stamp, msg)
-        finally:
-            reader.close()
-        if failed is not None:
-            log.warning('bag %s %s; reading the rest record by record', path, failed)
-            for conn, stamp, raw in _recovered(path, want, report, failed, skip=given):
-                msg = decoded(conn, stamp, raw)
-                if msg is not None:
-                    yield counted(conn, stamp, msg)
+        for conn, stamp, raw in iter_raw(path, want, report):
+            msg = decoded(conn, stamp, raw)
+            if msg is not None:
+                yield counted(conn, stamp, msg)
+
+
+def iter_raw(path: Path, want: set[str] | None, report: BagReport
+             ) -> Iterator[tuple[Any, int, bytes]]:
+    """(connection, timestamp_ns, CDR bytes) of one bag, in recorded order.
+
+    A bag the rosbags reader refuses, or that ends early, is read on record by record
+    from where the reader stopped, so every complete message is given once; what was
+    recovered or lost is recorded in ``report``. The player publishes these bytes as
+    they are; :func:`iter_messages` decodes them.
+    """
+    try:
+        reader = _open(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable bag is reported, not fatal
+        yield from _recovered(path, want, report, str(exc))
+        return
+    report.bags_read.append(str(path))
+    given: collections.Counter = collections.Counter()
+    failed = None
+    try:
+        conns = [c for c in reader.connections if want is None or c.topic in want]
+        it = reader.messages(connections=conns) if conns else iter(())
+        while True:
+            try:
+                conn, stamp, raw = next(it)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - truncated/corrupt storage
+                failed = f'ends early after {sum(given.values())} messages: {exc}'
+                break
+            given[(conn.topic, int(stamp))] += 1
+            yield conn, stamp, raw
+    finally:
+        reader.close()
+    if failed is not None:
+        log.warning('bag %s %s; reading the rest record by record', path, failed)
+        yield from _recovered(path, want, report, failed, skip=given)
 
 
 def cloud_topics(path) -> list[str]:

@@ -47,29 +47,20 @@ def message_class(msgtype: str):
 
 def read_raw(path: str | Path, topics: set[str] | None = None
              ) -> Iterator[tuple[str, str, int, bytes]]:
-    """Yield (topic, msgtype, timestamp_ns, CDR bytes) in recorded order."""
-    from p3d_perception.bagio import _open
+    """Yield (topic, msgtype, timestamp_ns, CDR bytes) in recorded order.
+
+    Through :func:`bagio.iter_raw`, so a damaged recording plays every complete message
+    it still holds, as the dataset tools read it.
+    """
+    from p3d_perception.bagio import BagReport, iter_raw
     path = Path(path)
     if not path.exists():
         raise PlayError(f'bag not found: {path}')
-    try:
-        reader = _open(path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable bag is one clear error
-        raise PlayError(f'cannot open bag {path}: {exc}') from None
-    try:
-        conns = [c for c in reader.connections if topics is None or c.topic in topics]
-        it = reader.messages(connections=conns) if conns else iter(())
-        while True:
-            try:
-                conn, stamp, raw = next(it)
-            except StopIteration:
-                return
-            except Exception as exc:  # noqa: BLE001 - a cut-off bag plays what it has
-                log.warning('bag %s ends early: %s', path, exc)
-                return
-            yield conn.topic, conn.msgtype, int(stamp), bytes(raw)
-    finally:
-        reader.close()
+    report = BagReport()
+    for conn, stamp, raw in iter_raw(path, topics, report):
+        yield conn.topic, conn.msgtype, int(stamp), bytes(raw)
+    if report.bags_failed:
+        raise PlayError(f'cannot open bag {path}: {report.bags_failed[0][1]}')
 
 
 class BagPlayer(Node):

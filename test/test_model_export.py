@@ -121,8 +121,8 @@ def test_cached_export_is_private_and_serves_the_backend(bare_dir, cache_home):
     onnx, meta = _entry(cache)
     assert stat.S_IMODE(onnx.stat().st_mode) == 0o600
     record = json.loads(meta.read_text())
-    assert record['onnx_sha256'] == mexport._sha256_file(onnx)
-    assert record['weights_sha256'] == mexport._sha256_file(bare_dir / 'model.safetensors')
+    assert record['onnx_sha256'] == mexport.sha256_file(onnx)
+    assert record['weights_sha256'] == mexport.sha256_file(bare_dir / 'model.safetensors')
     assert not (bare_dir / 'encoder.onnx').exists()
     assert not [p for p in cache.iterdir() if p.suffix not in ('.onnx', '.json')]
 
@@ -152,7 +152,7 @@ def test_tampered_cache_entry_is_replaced_not_loaded(bare_dir, cache_home, tmp_p
     assert 'does not match its recorded sha256' in caplog.text
     np.testing.assert_allclose(ro.embed(clouds), rt.embed(clouds), atol=1e-4)
     assert onnx.read_bytes() != (tmp_path / 'evil.onnx').read_bytes()
-    assert json.loads(meta.read_text())['onnx_sha256'] == mexport._sha256_file(onnx)
+    assert json.loads(meta.read_text())['onnx_sha256'] == mexport.sha256_file(onnx)
     # a garbled or missing record is no better than a wrong one
     meta.write_text('{not json')
     assert not mexport._cached_ok(onnx, meta, onnx.stem.split('_', 1)[1])
@@ -172,7 +172,7 @@ def test_changed_weights_or_settings_change_the_key(bare_dir, cache_home):
     entries = sorted(cache.glob('encoder_*.onnx'))
     assert len(entries) == 2 and first in entries
     model = rt.model
-    sha = mexport._sha256_file(bare_dir / 'model.safetensors')
+    sha = mexport.sha256_file(bare_dir / 'model.safetensors')
     keys = {mexport.cache_key(model, sha), mexport.cache_key(model, sha, opset=18),
             mexport.cache_key(model, '0' * 64)}
     regrouped = create_model(from_dict(ModelConfig, dict(
@@ -191,7 +191,7 @@ def test_writable_cache_dir_is_wiped_and_made_private(bare_dir, cache_home, leve
     torch.manual_seed(7)
     mexport.export_encoder(create_model(from_dict(ModelConfig, TINY)), onnx)
     record = json.loads(meta.read_text())
-    record['onnx_sha256'] = mexport._sha256_file(onnx)
+    record['onnx_sha256'] = mexport.sha256_file(onnx)
     meta.write_text(json.dumps(record))
     planted = onnx.read_bytes()
     weak = cache if level == 'onnx' else cache.parent

@@ -41,7 +41,8 @@ CACHE_KEYS, CACHE_LABELS = 'example_cache.keys', 'example_cache.labels'
 FORMAT = 'p3d-model/1'
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MB blocks (weights are tens of MB)."""
     h = hashlib.sha256()
     with path.open('rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
@@ -104,7 +105,7 @@ def save_model(model: P3DModel, out_dir: str | Path, *, vocabulary: list[str],
         'parameters': _parameter_counts(model),
         'training': training or {},
         'metrics': metrics or {},
-        'weights': {'file': WEIGHTS, 'sha256': _sha256(weights)},
+        'weights': {'file': WEIGHTS, 'sha256': sha256_file(weights)},
     }
     atomic_write_bytes(out / CARD, yaml.safe_dump(card, sort_keys=False,
                                                   allow_unicode=True).encode('utf-8'))
@@ -188,7 +189,7 @@ def load_model(path: str | Path, *, text_space: str | None = None,
                          f'{cfg.text_space!r}')
     weights = p / WEIGHTS
     expected = (card.get('weights') or {}).get('sha256')
-    if verify and expected and _sha256(weights) != expected:
+    if verify and expected and sha256_file(weights) != expected:
         raise ModelError(f'{weights} does not match the sha256 in its model card (corrupt or '
                          'replaced file); restore the model directory')
     try:

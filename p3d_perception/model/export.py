@@ -31,6 +31,7 @@ import torch
 
 from p3d_perception import __version__
 from p3d_perception.config import to_dict
+from p3d_perception.model.checkpoint import sha256_file, WEIGHTS
 from p3d_perception.model.errors import ModelError
 from p3d_perception.model.factory import P3DModel
 from p3d_perception.model.grouping import prepare_batch
@@ -43,7 +44,6 @@ DEFAULT_OPSET = 17
 DEFAULT_BATCH = 4
 #: bumped when the exported graph's contract changes, so old cache entries stop matching
 CACHE_FORMAT = 'p3d-onnx-cache/1'
-WEIGHTS_FILE = 'model.safetensors'
 
 
 def _sample_clusters(n: int, seed: int = 0) -> tuple[list, list]:
@@ -128,14 +128,6 @@ def check_parity(model: P3DModel, onnx_path: str | Path, batches: tuple[int, ...
 
 
 # ------------------------------------------------------------------------ private cache
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open('rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_root() -> Path:
     """Where exports are cached: the XDG user cache, never the shared temp dir.
 
@@ -214,7 +206,7 @@ def _cached_ok(onnx: Path, meta: Path, key: str) -> bool:
     try:
         record = json.loads(meta.read_text(encoding='utf-8'))
         expected = record['onnx_sha256']
-        ok = record.get('key') == key and _sha256_file(onnx) == expected
+        ok = record.get('key') == key and sha256_file(onnx) == expected
     except (OSError, ValueError, KeyError, TypeError) as exc:
         LOG.warning('ONNX cache entry %s is unreadable (%s); exporting it again', onnx, exc)
         return False
@@ -231,7 +223,7 @@ def export_onnx_cached(model: P3DModel, model_dir: str | Path, *, batch: int = D
     ``model`` must be the one loaded from ``model_dir``: the key is taken from the file,
     the graph from the module.
     """
-    weights_sha256 = _sha256_file(Path(model_dir) / WEIGHTS_FILE)
+    weights_sha256 = sha256_file(Path(model_dir) / WEIGHTS)
     key = cache_key(model, weights_sha256, batch=batch, opset=opset)
     cache = private_cache_dir()
     onnx, meta = cache / f'encoder_{key}.onnx', cache / f'encoder_{key}.json'
@@ -239,7 +231,7 @@ def export_onnx_cached(model: P3DModel, model_dir: str | Path, *, batch: int = D
         return onnx
     LOG.info('exporting encoder to %s for ONNX Runtime', onnx)
     export_encoder(model, onnx, batch=batch, opset=opset, mode=0o600)
-    record = {'key': key, 'onnx_sha256': _sha256_file(onnx),
+    record = {'key': key, 'onnx_sha256': sha256_file(onnx),
               'weights_sha256': weights_sha256,
               'opset': opset, 'trace_batch': batch, 'package_version': __version__}
     tmp = _temp_beside(meta)

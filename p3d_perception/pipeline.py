@@ -20,7 +20,7 @@ import numpy as np
 from p3d_perception.cloud import Cloud
 from p3d_perception.config import ConfigError, require_finite
 from p3d_perception.memory import MemoryConfig, Observation, ObjectMemory, TrackedObject
-from p3d_perception.segment import Cluster, SegmentationConfig, Segmenter
+from p3d_perception.segmentation import Cluster, SegmentationConfig, Segmenter
 
 log = logging.getLogger(__name__)
 

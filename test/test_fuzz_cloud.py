@@ -19,7 +19,7 @@ import numpy as np
 
 from p3d_perception.cloud import (
     Cloud, CloudError, depth_image_to_cloud, pointcloud2_to_cloud, UNEXPECTED)
-from p3d_perception.segment import SegmentationConfig, Segmenter
+from p3d_perception.segmentation import SegmentationConfig, Segmenter
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -18,7 +18,7 @@ import pytest
 
 from p3d_perception.cloud import Cloud, CloudError, pack_cloud, read_pcd
 from p3d_perception.config import ConfigError, from_dict
-from p3d_perception.segment import (
+from p3d_perception.segmentation import (
     OPTICAL_UP_HINT, SegmentationConfig, Segmenter, find_support_planes, match_instances,
     mosd_ground_truth, oriented_box, segment)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from p3d_perception import bagio
-from p3d_perception.segment import segment
+from p3d_perception.segmentation import segment
 from p3d_perception.training.synthetic import generate_scene, render, sample_camera_pose
 
 EASY = ('mug', 'cup', 'bottle', 'can', 'jar', 'cereal box', 'tissue box',

@@ -282,7 +282,7 @@ def corrupt_pcds(rng: np.random.Generator) -> list[tuple[str, bytes]]:
 
 def _segment_stage(args):
     """Pipeline.process on a bundled-model Recognizer (as the node), or the Segmenter."""
-    from p3d_perception.segment import Segmenter
+    from p3d_perception.segmentation import Segmenter
     if args.segmenter_only:
         seg = Segmenter()
         return 'Segmenter', (lambda cloud: seg(cloud))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from p3d_perception.cloud import Cloud, read_pcd
-from p3d_perception.segment import Segmenter, match_instances, mosd_ground_truth
+from p3d_perception.segmentation import Segmenter, match_instances, mosd_ground_truth
 
 MOSD = Path(__file__).resolve().parents[2] / '..' / 'shared' / 'data' / 'mosd_learn'
 

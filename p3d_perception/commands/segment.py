@@ -29,7 +29,7 @@ RESULTS = REPO_ROOT / 'benchmarks' / 'results'
 def load_config(path: str | None):
     """SegmentationConfig from a YAML file (top level or a ``segmentation:`` section)."""
     from p3d_perception.config import from_dict, load_yaml
-    from p3d_perception.segment import SegmentationConfig
+    from p3d_perception.segmentation import SegmentationConfig
     if path is None:
         return SegmentationConfig()
     data = load_yaml(path)
@@ -162,7 +162,7 @@ def iter_bag_clouds(path: Path, topic: str | None, report=None):
 
 def _run_segment(args: argparse.Namespace) -> int:
     from p3d_perception.cloud import read_pcd
-    from p3d_perception.segment import Segmenter
+    from p3d_perception.segmentation import Segmenter
     path = Path(args.input)
     if not path.exists():
         raise FileNotFoundError(f'input not found: {path}')
@@ -243,7 +243,7 @@ def evaluate_mosd(directory: Path, config=None, progress: bool = True) -> tuple[
     from tqdm import tqdm
 
     from p3d_perception.cloud import read_pcd
-    from p3d_perception.segment import Segmenter, match_instances, mosd_ground_truth
+    from p3d_perception.segmentation import Segmenter, match_instances, mosd_ground_truth
     files = sorted(Path(directory).glob('*.pcd'), key=_scene_key)
     if not files:
         raise FileNotFoundError(f'no .pcd scans in {directory}')

@@ -439,7 +439,7 @@ class PerceptionBase:
             'min_points_to_recognise': values['min_points_to_recognise']})
 
     def _apply_config(self, config: PipelineConfig) -> None:
-        from p3d_perception.segment import Segmenter
+        from p3d_perception.segmentation import Segmenter
         if config.segmentation != self.pipeline.config.segmentation:
             self.pipeline.segmenter = Segmenter(config.segmentation)
         self.pipeline.memory.config = config.memory

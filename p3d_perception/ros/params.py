@@ -19,7 +19,7 @@ from rcl_interfaces.msg import ParameterType
 
 from p3d_perception.memory import MemoryConfig
 from p3d_perception.pipeline import PipelineConfig
-from p3d_perception.segment import SegmentationConfig
+from p3d_perception.segmentation import SegmentationConfig
 
 _T = ParameterType
 

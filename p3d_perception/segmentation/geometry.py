@@ -1,0 +1,47 @@
+# Copyright 2026 The p3d_perception Authors
+# SPDX-License-Identifier: Apache-2.0
+"""Small vector helpers shared by the stages.
+
+They work column by column because numpy's matmul with a 3-vector is slow on
+(H, W, 3) grids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _norm3(a: np.ndarray) -> np.ndarray:
+    """Euclidean norm over the last axis of size 3 (much faster than linalg.norm there)."""
+    x, y, z = a[..., 0], a[..., 1], a[..., 2]
+    return np.sqrt(x * x + y * y + z * z)
+
+
+def _dot3(a: np.ndarray, n) -> np.ndarray:
+    """a . n over the last axis, by columns (matmul with a 3-vector is slow in numpy)."""
+    return a[..., 0] * n[0] + a[..., 1] * n[1] + a[..., 2] * n[2]
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def _plane_basis(n: np.ndarray) -> np.ndarray:
+    """Two unit in-plane axes (rows) for 2D footprints on a plane with normal ``n``."""
+    a = _unit(np.cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0]))
+    return np.stack([a, np.cross(n, a)])
+
+
+def _label_groups(labels: np.ndarray) -> list[np.ndarray]:
+    """Input indices of each label >= 0, largest group first (ties keep label order)."""
+    idx = np.flatnonzero(labels >= 0)
+    if idx.size == 0:
+        return []
+    lab = labels[idx]
+    order = np.argsort(lab, kind='stable')
+    idx, lab = idx[order], lab[order]
+    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    groups = np.split(idx, starts[1:])
+    groups.sort(key=len, reverse=True)
+    return groups

@@ -1,0 +1,180 @@
+# Copyright 2026 The p3d_perception Authors
+# SPDX-License-Identifier: Apache-2.0
+"""Undo what the cuts got wrong.
+
+Shards rejoin the object they touch, a container's inside rejoins its wall, a
+handle its body.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from p3d_perception.segmentation.config import SegmentationConfig
+from p3d_perception.segmentation.geometry import _label_groups, _norm3, _plane_basis
+
+
+class _Piece(NamedTuple):
+    """A cluster candidate as the merge step sees it."""
+
+    indices: np.ndarray
+    points: np.ndarray      # (N, 3) float64
+    heights: np.ndarray     # (N,) above the support plane
+    top: float              # 99th percentile height: the rim, robust to flying pixels
+    lo: np.ndarray          # bounding box corners
+    hi: np.ndarray
+
+
+def _merge_parts(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
+                 cfg: SegmentationConfig) -> np.ndarray:
+    """Rejoin what the cuts split off an object: a container's inside, a handle.
+
+    The inner wall meets the floor of a container in a concave crease, and the
+    front rim hides part of the inside, so the crease and gap cuts that separate
+    stacked objects also split every cup, bowl and pot in two. Both pieces end at
+    the same rim height, their rims together ring an empty middle, and the inside
+    is seen *through the opening*: the ray from the sensor to an inner point
+    crosses the rim's height inside the ring. Two separate objects of equal height
+    side by side have solid tops that do not ring anything.
+
+    A handle meets its body in two thin creases. It is a thin upright slab, much
+    smaller than the body, no higher than it, and it joins only the nearest body.
+    """
+    from scipy.spatial import ConvexHull, QhullError, cKDTree
+
+    groups = _label_groups(labels)
+    if not groups:
+        return labels
+    n = np.asarray(plane[:3], dtype=np.float64)
+    d = float(plane[3])
+    view = np.asarray(cfg.viewpoint, dtype=np.float64)
+    h_view = float(view @ n + d)
+    basis = _plane_basis(n)
+    rim = cfg.rim_tolerance
+    pieces = []
+    for g in [g for g in groups if len(g) >= 30][:64]:
+        p = points[g].astype(np.float64)
+        h = p @ n + d
+        pieces.append(_Piece(g, p, h, float(np.percentile(h, 99)), p.min(axis=0),
+                             p.max(axis=0)))
+    parent = list(range(len(pieces)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def seen_through_opening(f: _Piece, other: _Piece) -> bool:
+        top = max(f.top, other.top)
+        if h_view <= top + rim:  # the sensor must look down into the opening
+            return False
+        ring = np.vstack([f.points[f.heights >= top - rim],
+                          other.points[other.heights >= top - rim]]) @ basis.T
+        if len(ring) < 10:
+            return False
+        try:
+            hull = ConvexHull(ring)
+        except (QhullError, ValueError):
+            return False
+        # a rim rings an empty middle: rim points all around (11 of 16 sectors), none
+        # near the centre
+        rel = ring - ring[hull.vertices].mean(axis=0)
+        radius = np.hypot(rel[:, 0], rel[:, 1])
+        sectors = np.unique((np.arctan2(rel[:, 1], rel[:, 0]) / (np.pi / 8)).astype(int))
+        if len(sectors) < 11 or radius.min() < 0.4 * np.median(radius):
+            return False
+        low = f.heights < top - 2 * rim
+        if low.sum() < 0.4 * len(f.heights):
+            return False
+        t = (top - h_view) / (f.heights[low] - h_view)
+        q = (view + t[:, None] * (f.points[low] - view)) @ basis.T
+        inside = (q @ hull.equations[:, :2].T + hull.equations[:, 2] <= -0.5 * rim).all(axis=1)
+        return bool(inside.mean() >= 0.6)
+
+    def is_handle(f: _Piece, body: _Piece) -> bool:
+        if len(f.points) > 0.25 * len(body.points) or f.top > body.top + rim:
+            return False
+        c = f.points - f.points.mean(axis=0)
+        var, vec = np.linalg.eigh(c.T @ c / len(c))
+        sd = np.sqrt(np.maximum(var, 0))
+        # thin across, and the thin axis lies flat (a phone or plate lying beside an
+        # object is thin along the vertical)
+        return bool(sd[0] < 0.25 * sd[2] and sd[0] < 0.006 and abs(vec[:, 0] @ n) < 0.5)
+
+    trees: dict[int, cKDTree] = {}
+
+    def gap(i: int, j: int, link: float) -> float:
+        """Smallest distance between two pieces (on at most 1500 points each)."""
+        if j not in trees:
+            trees[j] = cKDTree(pieces[j].points[::max(1, len(pieces[j].points) // 1500)],
+                               balanced_tree=False, compact_nodes=False)
+        sub = pieces[i].points[::max(1, len(pieces[i].points) // 1500)]
+        return float(trees[j].query(sub, k=1, distance_upper_bound=link)[0].min())
+
+    handle_of: dict[int, tuple[float, int]] = {}   # handle -> (distance, nearest body)
+    for i in range(len(pieces)):
+        for j in range(i + 1, len(pieces)):     # sorted by size: i is the larger
+            a, b = pieces[i], pieces[j]
+            if abs(a.top - b.top) > rim and len(a.points) < 4 * len(b.points):
+                continue
+            # the rim between the pieces is thin and often lost, hence a generous gap
+            link = max(4 * rim, 2.0 * cfg.cluster_tolerance * float(np.linalg.norm(a.lo - view)))
+            if (a.lo > b.hi + link).any() or (b.lo > a.hi + link).any():
+                continue
+            dist = gap(i, j, link)
+            if dist > link:
+                continue
+            if seen_through_opening(a, b) or seen_through_opening(b, a):
+                parent[root(j)] = root(i)
+            elif is_handle(b, a) and dist < handle_of.get(j, (np.inf, -1))[0]:
+                handle_of[j] = (dist, i)
+    for j, (_, i) in handle_of.items():
+        parent[root(j)] = root(i)
+    out = labels.copy()
+    for i, piece in enumerate(pieces):
+        r = root(i)
+        if r != i:
+            out[piece.indices] = labels[pieces[r].indices[0]]
+    return out
+
+
+def _absorb_fragments(points: np.ndarray, labels: np.ndarray, keep: np.ndarray,
+                      cfg: SegmentationConfig) -> np.ndarray:
+    """Give crease shards and cut pixels to the object they touch.
+
+    Sensor noise on curved or concave surfaces (a mug's inside, a bear's fur)
+    breaks off many shards too small to be objects; they would be dropped, and
+    the object they belong to would lose them. A shard within the gap tolerance
+    of a real cluster joins it; one that touches none is left out as before.
+    """
+    from scipy.spatial import cKDTree
+
+    lab = labels.copy()
+    kept = np.flatnonzero(keep)
+    kl = lab[kept]
+    counts = np.bincount(kl[kl >= 0]) if (kl >= 0).any() else np.zeros(0, np.int64)
+    small = counts < cfg.min_cluster_points
+    is_loose = kl < 0
+    is_loose[~is_loose] = small[kl[~is_loose]]
+    if not is_loose.any() or is_loose.all():
+        return lab
+    loose_idx, big_idx = kept[is_loose], kept[~is_loose]
+    q = points[loose_idx].astype(np.float64)
+    lo, hi = q.min(axis=0) - 0.05, q.max(axis=0) + 0.05
+    bp = points[big_idx]
+    near = ((bp >= lo) & (bp <= hi)).all(axis=1)
+    if not near.any():
+        return lab
+    big_idx, bp = big_idx[near], bp[near].astype(np.float64)
+    rng_ = _norm3(q - np.asarray(cfg.viewpoint))
+    link = cfg.cluster_tolerance * np.maximum(rng_, 0.5) * 2.0
+    # an unbalanced tree builds twice as fast, and this one answers one query
+    tree = cKDTree(bp, balanced_tree=False, compact_nodes=False)
+    dist, nn = tree.query(q, k=1, distance_upper_bound=float(link.max()))
+    ok = np.isfinite(dist) & (dist <= link)
+    lab[loose_idx] = -1
+    lab[loose_idx[ok]] = lab[big_idx[nn[ok]]]
+    return lab

@@ -57,6 +57,17 @@ class CameraModel:
     flying_pixel_prob: float = 0.25  # P(flying pixel) for a remaining edge pixel
     random_dropout: float = 0.003   # P(missing) anywhere
     stereo_shadow: bool = False     # occlusion shadow seen from the projector/second imager
+    #: shadow found in the depth image itself when the caller has no occlusion rays
+    #: (single-object view windows): a pixel is hidden from the emitter (+x side) by any
+    #: nearer pixel to its right within the parallax f*b*(1/z_near - 1/z)
+    image_shadow: bool = False
+    #: IR absorbed by dark print: P(missing) rises linearly from 0 at this luminance
+    #: (0..1) to dark_dropout at black; only where the caller passes an albedo
+    dark_threshold: float = 0.0
+    dark_dropout: float = 0.0
+    #: radius (px) of the band around depth edges where depth is a window average, as a
+    #: correlation-window (block-matching) sensor smears silhouettes laterally; 0 = off
+    edge_smooth_px: int = 0
     colour_noise: float = 4.0       # std of colour noise (0-255 scale)
     depth_unit: float = 0.001       # m per step of the published 16UC1 depth image
 
@@ -71,6 +82,14 @@ class CameraModel:
             return z * z * self.disparity_sigma / (self.fx * self.baseline)
         return self.tof_sigma0 + self.tof_sigma1 * z
 
+    def depth_step(self, z: np.ndarray | float) -> np.ndarray:
+        """Spacing (m) of the depth values a disparity sensor can report at depth ``z``."""
+        z = np.asarray(z, dtype=np.float64)
+        if self.depth_model == 'stereo' and self.disparity_step > 0:
+            return np.maximum(z * z * self.disparity_step / (self.fx * self.baseline),
+                              self.depth_unit)
+        return np.full_like(z, self.depth_unit)
+
     def replace(self, **changes) -> 'CameraModel':
         return dataclasses.replace(self, **changes)
 
@@ -83,12 +102,19 @@ CAMERA_PRESETS: dict[str, CameraModel] = {
         min_depth=0.28, max_depth=6.0, depth_model='stereo', baseline=0.050,
         disparity_sigma=0.08, disparity_step=1.0 / 32.0, stereo_shadow=True,
         edge_dropout=0.35, flying_pixel_prob=0.2),
-    # Microsoft Kinect (v1 / Xbox 360) depth 640x480, the ROS default calibration
-    # (fx=fy=525), 75 mm projector baseline, 1/8 px disparity steps.
+    # Microsoft Kinect (v1 / Xbox 360) structured light, depth 640x480 with the ROS
+    # default calibration (fx=fy=525, principal point 319.5/239.5), 75 mm projector
+    # baseline and 1/8 px disparity steps: the depth step is z^2 / (f b) / 8, 3.2 mm at
+    # 1 m and 13 mm at 2 m (Khoshelham & Elberink 2012 measured ~7 cm at 5 m, i.e.
+    # 2.8 mm/m^2). Disparity noise 0.07 px RMS gives 1.8 mm at 1 m and 7 mm at 2 m, close
+    # to Nguyen et al. 2012 (1.2 mm + 1.9 mm (z - 0.4)^2: 1.9 / 6.1 mm). The projector
+    # shadow falls on the background left of every object; dark print returns no
+    # speckle pattern; the 9x9 correlation window smears edges over ~2 px.
     'kinect': CameraModel(
         name='kinect', width=640, height=480, fx=525.0, fy=525.0, cx=319.5, cy=239.5,
         min_depth=0.5, max_depth=4.5, depth_model='stereo', baseline=0.075,
         disparity_sigma=0.07, disparity_step=1.0 / 8.0, stereo_shadow=True,
+        image_shadow=True, dark_threshold=0.16, dark_dropout=0.9, edge_smooth_px=2,
         edge_dropout=0.4, flying_pixel_prob=0.15, correlated_fraction=0.3),
     # Azure Kinect DK, NFOV unbinned 640x576 time-of-flight; flying pixels at
     # edges are the ToF signature, noise grows roughly linearly with depth.
@@ -279,14 +305,103 @@ def _smooth_noise(shape: tuple[int, int], cell: int, rng: np.random.Generator,
     return out.reshape(nb * cell, w)[:h]
 
 
+def _shift_min(a: np.ndarray) -> np.ndarray:
+    """Minimum over each pixel and its 4 neighbours (edges replicate)."""
+    m = a.copy()
+    np.minimum(m[1:], a[:-1], out=m[1:])
+    np.minimum(m[:-1], a[1:], out=m[:-1])
+    np.minimum(m[:, 1:], a[:, :-1], out=m[:, 1:])
+    np.minimum(m[:, :-1], a[:, 1:], out=m[:, :-1])
+    return m
+
+
+def _box_sum(a: np.ndarray, r: int) -> np.ndarray:
+    """Sum over the (2r+1)^2 window around every pixel (clipped at the border), by an
+    integral image: constant cost per pixel whatever the radius."""
+    h, w = a.shape
+    ii = np.zeros((h + 1, w + 1), np.float64)
+    np.cumsum(np.cumsum(a, 0), 1, out=ii[1:, 1:])
+    y0 = np.clip(np.arange(h) - r, 0, h)
+    y1 = np.clip(np.arange(h) + r + 1, 0, h)
+    x0 = np.clip(np.arange(w) - r, 0, w)
+    x1 = np.clip(np.arange(w) + r + 1, 0, w)
+    return (ii[y1][:, x1] - ii[y0][:, x1] - ii[y1][:, x0] + ii[y0][:, x0]).astype(np.float32)
+
+
+def smooth_edges(cam: CameraModel, z: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Depth near discontinuities replaced by the window mean of the valid depths.
+
+    A block-matching sensor correlates a window of the speckle image, so a pixel
+    near a silhouette reports a blend of foreground and background: edges come
+    out rounded and with intermediate depths, over about the window's half width.
+    Only the band within ``edge_smooth_px`` of a jump changes; flat surfaces keep
+    their depth.
+    """
+    r = int(cam.edge_smooth_px)
+    if r <= 0:
+        return z
+    zk = np.where(keep, z, np.float32(np.inf))
+    lo = zk
+    hi = np.where(keep, z, np.float32(0.0))
+    for _ in range(r):
+        lo = _shift_min(lo)
+        hi = -_shift_min(-hi)
+    band = keep & ((hi - lo) > np.float32(cam.edge_threshold) * z)
+    if not band.any():
+        return z
+    kf = keep.astype(np.float32)
+    mean = _box_sum(np.where(keep, z, 0.0).astype(np.float32), r) / np.maximum(
+        _box_sum(kf, r), np.float32(1.0))
+    return np.where(band, mean, z).astype(np.float32)
+
+
+def image_shadow(cam: CameraModel, z: np.ndarray, keep: np.ndarray,
+                 max_shift: int = 64) -> np.ndarray:
+    """Pixels the projector (on the camera's +x side, ``cam.baseline`` away) cannot light.
+
+    Found in the depth image alone, for callers without occlusion rays (small
+    view windows): the segment from a surface point at depth z to the emitter
+    crosses the pixel ``k`` columns to its right at the depth where
+    k = f b (1/z_seg - 1/z), so a nearer pixel there (depth z_k) blocks it
+    when k < f b (1/z_k - 1/z). Surfaces the window does not contain cast no
+    shadow, which is why full frames use raycast occlusion instead.
+    """
+    h, w = z.shape
+    fb = np.float32(cam.fx * cam.baseline)
+    inv = np.where(keep, np.float32(1.0) / np.maximum(z, np.float32(1e-3)), np.float32(0.0))
+    if not keep.any():
+        return np.zeros_like(keep)
+    span = float(fb) * (float(inv.max()) - float(inv[keep].min()))
+    kmax = int(min(max_shift, w - 1, math.ceil(span)))
+    shadow = np.zeros((h, w), bool)
+    for k in range(1, kmax + 1):
+        near_inv = inv[:, k:]                        # the pixel k columns to the right
+        block = near_inv - inv[:, :-k] > np.float32(k) / fb
+        block &= keep[:, :-k]
+        shadow[:, :-k] |= block
+    return shadow & keep
+
+
+def dark_holes(cam: CameraModel, albedo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Pixels lost on dark print: the IR speckle is absorbed and no disparity is found."""
+    if cam.dark_dropout <= 0 or cam.dark_threshold <= 0:
+        return np.zeros(albedo.shape, bool)
+    p = (np.float32(cam.dark_threshold) - albedo) * np.float32(
+        cam.dark_dropout / cam.dark_threshold)
+    return fast_noise(rng, albedo.shape, 'uniform') < p
+
+
 def apply_depth_model(cam: CameraModel, z: np.ndarray, cos_incidence: np.ndarray,
                       rng: np.random.Generator, *, noise: bool = True,
-                      shadow: np.ndarray | None = None) -> np.ndarray:
+                      shadow: np.ndarray | None = None,
+                      albedo: np.ndarray | None = None) -> np.ndarray:
     """Degrade ideal depth ``z`` (h, w; inf = no return) like ``cam`` would.
 
     Returns float32 depth in metres with 0 for missing, quantised to the depth
     image unit. ``cos_incidence`` is |cos| of the angle between ray and surface
-    normal; ``shadow`` marks pixels the second imager/projector cannot see.
+    normal; ``shadow`` marks pixels the second imager/projector cannot see (found
+    from the image itself for cameras with ``image_shadow`` when not given);
+    ``albedo`` (h, w, luminance 0..1) lets dark print lose its returns.
 
     Written for speed on full frames: random per-pixel masks are applied by
     multiplying with a boolean ``keep`` (branch-free; indexing with a random
@@ -307,6 +422,12 @@ def apply_depth_model(cam: CameraModel, z: np.ndarray, cos_incidence: np.ndarray
         np.round(out, out=out)
         out *= unit
         return out
+    if cam.edge_smooth_px > 0:
+        out = np.where(keep, smooth_edges(cam, out, keep), out)
+    if shadow is None and cam.image_shadow and cam.depth_model == 'stereo':
+        shadow = image_shadow(cam, out, keep)
+    if albedo is not None and cam.dark_dropout > 0:
+        keep &= ~dark_holes(cam, np.asarray(albedo, np.float32), rng)
     # depth discontinuities: the closest 4-neighbour; only the far side of an
     # edge goes missing or flies, as in real sensors. The pixel itself joins
     # the minimum (no padding needed): it is never below its own threshold.

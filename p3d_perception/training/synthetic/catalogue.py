@@ -854,6 +854,87 @@ def _desk_lamp(rng):
     return b
 
 
+def _tin(rng):
+    """Tins seen on real tables: a wide, flat cookie tin, a tall chips tube, a canister.
+
+    All three have a lid a little wider than the body (a rim step a depth camera
+    resolves) and printed or metallic colours.
+    """
+    b = _Builder(rng)
+    kind = rng.choice(3, p=[0.4, 0.35, 0.25])
+    if kind == 0:       # round cookie tin: wide and short
+        r, h = _u(rng, 0.08, 0.13), _u(rng, 0.045, 0.10)
+    elif kind == 1:     # chips tube / tall tin
+        r, h = _u(rng, 0.034, 0.042), _u(rng, 0.17, 0.26)
+    else:               # canister
+        r, h = _u(rng, 0.045, 0.07), _u(rng, 0.10, 0.20)
+    lid_h = min(_u(rng, 0.012, 0.03), 0.3 * h)
+    body_h = h - lid_h - GAP
+    col = colour(rng, *BRIGHT, 'silver', 'white', 'red', 'blue', jitter=30)
+    b.add(cylinder(r, body_h, 0, 40), col)
+    lid_r = r + _u(rng, 0.001, 0.004)
+    lid_col = col if rng.random() < 0.5 else colour(rng, 'silver', 'white', 'red', 'black',
+                                                     'yellow')
+    prof = [(0, 0), (lid_r, 0), (lid_r, lid_h), (lid_r * 0.96, lid_h + 0.002), (0, lid_h + 0.002)]
+    b.add(lathe(prof, 40), lid_col, t=(0, 0, body_h + GAP))
+    return b
+
+
+def _drink_carton(rng):
+    """A drink carton: a brick (Tetra Pak style, often with a screw cap) or a gable top."""
+    b = _Builder(rng)
+    w, d = _u(rng, 0.055, 0.095), _u(rng, 0.04, 0.07)
+    h = _u(rng, 0.10, 0.25)
+    col = colour(rng, *BRIGHT, 'white', 'cream', 'brown', jitter=30)
+    if rng.random() < 0.55:     # brick
+        b.add(box(w, d, h, round_r=0.002), col)
+        if rng.random() < 0.7:
+            cr = _u(rng, 0.011, 0.016)
+            b.add(cylinder(cr, _u(rng, 0.012, 0.02), h + GAP, 20),
+                  colour(rng, 'white', 'blue', 'red', 'green', 'yellow'),
+                  t=(_u(rng, -0.3, 0.3) * (w / 2 - cr), _u(rng, -0.2, 0.2) * (d / 2 - cr), 0))
+    else:                       # gable top with a sealed fin
+        g = d * _u(rng, 0.35, 0.5)
+        poly = np.array([[d / 2, 0], [d / 2, h], [0, h + g], [-d / 2, h], [-d / 2, 0]])
+        v, t = extrude(poly, -w / 2, w / 2)
+        v = v[:, [2, 0, 1]]         # extrusion axis -> x, profile in yz
+        b.add((v, _orient(v, t)), col)
+        b.add(box(w * 0.98, 0.004, _u(rng, 0.008, 0.015), h + g + GAP), col)
+    return b
+
+
+def _snack_box(rng):
+    """Small product boxes: flat or upright, sometimes a hexagonal prism (chocolate boxes)."""
+    b = _Builder(rng)
+    col = colour(rng, *BRIGHT, 'brown', 'orange', jitter=30)
+    if rng.random() < 0.2:      # hexagonal prism lying on a face
+        L, r = _u(rng, 0.14, 0.30), _u(rng, 0.025, 0.045)
+        a = np.arange(6) * np.pi / 3
+        poly = np.column_stack([r * np.cos(a), r * np.sin(a) + r * math.sqrt(3) / 2])
+        v, t = extrude(poly, -L / 2, L / 2)
+        v = v[:, [2, 0, 1]]
+        b.add((v, _orient(v, t)), col)
+        return b
+    w, d, h = _u(rng, 0.10, 0.22), _u(rng, 0.03, 0.08), _u(rng, 0.07, 0.18)
+    b.add(box(w, d, h), col)
+    return b
+
+
+def _tea_box(rng):
+    """A small, nearly cubic carton (tea bags, spices), sometimes with a lid seam."""
+    b = _Builder(rng)
+    w, d, h = _u(rng, 0.065, 0.13), _u(rng, 0.055, 0.085), _u(rng, 0.055, 0.13)
+    col = colour(rng, 'green', 'dark green', 'red', 'blue', 'yellow', 'white', 'black',
+                 'teal', jitter=25)
+    if rng.random() < 0.35:     # lid over the top fifth
+        lh = h * _u(rng, 0.15, 0.25)
+        b.add(box(w, d, h - lh - GAP), col)
+        b.add(box(w + 0.003, d + 0.003, lh, h - lh), col)
+    else:
+        b.add(box(w, d, h), col)
+    return b
+
+
 GENERATORS: dict[str, Callable[[np.random.Generator], _Builder]] = {
     'mug': _mug, 'cup': _cup, 'pitcher': _pitcher, 'bowl': _bowl, 'plate': _plate,
     'bottle': _bottle, 'can': _can, 'jar': _jar, 'spray bottle': _spray_bottle,
@@ -865,13 +946,15 @@ GENERATORS: dict[str, Callable[[np.random.Generator], _Builder]] = {
     'computer mouse': _mouse, 'sponge': _sponge, 'vase': _vase, 'flower pot': _flower_pot,
     'candle': _candle, 'tape roll': _tape_roll, 'teddy bear': _teddy_bear,
     'basket': _basket, 'flashlight': _flashlight, 'desk lamp': _desk_lamp,
+    'tin': _tin, 'drink carton': _drink_carton, 'snack box': _snack_box, 'tea box': _tea_box,
 }
 
 #: every category the synthetic world can make, as plain English names
 CATEGORIES: tuple[str, ...] = tuple(GENERATORS)
 
 #: categories with a flat, wide top that other objects can stand on
-STACKABLE = frozenset({'cereal box', 'book', 'tissue box', 'laptop', 'plate', 'basket'})
+STACKABLE = frozenset({'cereal box', 'book', 'tissue box', 'laptop', 'plate', 'basket',
+                       'snack box', 'tea box', 'tin'})
 
 
 def make_object(category: str, rng: np.random.Generator | int | None = None) -> ObjectMesh:

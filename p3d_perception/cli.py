@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     'train',        # p3d train, p3d eval, p3d export
     'bags',         # p3d bags extract|label
     'finetune',     # p3d finetune
+    'eval_real',    # p3d eval-real
     'demo',         # p3d demo
     'play',         # p3d play BAG (a rosbag2 player for where ros2 bag is missing)
     'bench',        # p3d bench <name>

@@ -16,7 +16,7 @@ import json
 def _run(args: argparse.Namespace) -> int:
     from p3d_perception.config import load
     from p3d_perception.resources import default_model_path
-    from p3d_perception.training.finetune import FinetuneConfig, finetune
+    from p3d_perception.training.finetune import FinetuneConfig, ScanSource, finetune
     from p3d_perception.training.train import command_line
     cfg = load(FinetuneConfig, args.config) if args.config else FinetuneConfig()
     for name in ('steps', 'seed', 'device', 'max_clusters_per_label', 'num_threads'):
@@ -25,8 +25,16 @@ def _run(args: argparse.Namespace) -> int:
             setattr(cfg, name, value)
     if args.ssl_steps is not None:
         cfg.ssl.steps = args.ssl_steps
+    if (args.dataset is None) == (args.scans is None):
+        raise SystemExit('p3d finetune: give either --dataset or --scans')
+    scans = None
+    if args.scans:
+        from p3d_perception.resources import share_dir
+        scans = ScanSource(dirs=list(args.scans), scenes=args.scenes,
+                           config=args.scan_labels or str(share_dir() / 'config' / 'eval'
+                                                          / 'real_kinect.yaml'))
     result = finetune(args.model or default_model_path(), args.dataset, args.labels, args.out,
-                      cfg, resume=args.resume, command=command_line())
+                      cfg, resume=args.resume, command=command_line(), scans=scans)
     import os
     if int(os.environ.get('RANK', '0')) == 0:
         print(json.dumps({k: v for k, v in result.items() if k != 'classes'}, indent=2))
@@ -39,7 +47,15 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser('finetune', help="adapt a model to a robot's labelled bag clusters",
                        description=__doc__.splitlines()[0])
-    p.add_argument('--dataset', required=True, help='dataset folder from `p3d bags extract`')
+    p.add_argument('--dataset', default=None, help='dataset folder from `p3d bags extract`')
+    p.add_argument('--scans', nargs='+', default=None, metavar='DIR',
+                   help='instead of a dataset: folders of hand-labelled real scans (PCD with '
+                        'a per-point label field and categories.json, as p3d eval-real reads)')
+    p.add_argument('--scenes', nargs='+', default=None,
+                   help='with --scans: only these scans (file stems); keep others to evaluate')
+    p.add_argument('--scan-labels', default=None,
+                   help='with --scans: the eval-real rules file naming each category\'s label '
+                        '(default config/eval/real_kinect.yaml)')
     p.add_argument('--labels', default=None,
                    help='labels file (default DATASET/labels.csv): one label per object group')
     p.add_argument('--out', required=True, help='model folder to write (e.g. models/my_robot)')

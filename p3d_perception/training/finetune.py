@@ -477,11 +477,62 @@ def _ssl_stage(model: P3DModel, data: ClusterSet, cfg: FinetuneConfig, device: s
             'time_s': round(time.time() - t0, 1)}
 
 
-def finetune(model_dir: str | Path, dataset_dir: str | Path, labels_file: str | Path | None,
-             out_dir: str | Path, cfg: FinetuneConfig | None = None, *, resume: bool = False,
-             command: str = '') -> dict[str, Any]:
-    """Fine-tune ``model_dir`` on a bag dataset's labelled clusters into ``out_dir``."""
+def bag_clusters(dataset_dir: str | Path, labels_file: str | Path | None, known: list[str]
+                 ) -> tuple[ClusterSet, list[str], list[str], dict[str, str]]:
+    """A bag dataset's clusters labelled by a person's labels file; new labels last."""
     from p3d_perception.training.bags import load_dataset, read_labels
+    dataset = load_dataset(dataset_dir)
+    labels = read_labels(dataset, labels_file)
+    if not labels:
+        raise ConfigError(f'no labelled clusters: write labels into {labels_file or "labels.csv"}'
+                          ' (one category name per object group) first')
+    new = sorted({v for v in labels.values()} - set(known))
+    classes = known + new
+    return (dataset_clusters(dataset, labels, classes), classes, new,
+            {'dataset': str(dataset_dir), 'labels': str(labels_file or '')})
+
+
+@dataclass
+class ScanSource:
+    """Hand-labelled real scans (mOSD format + categories.json) as training clusters."""
+
+    dirs: list[str]
+    config: str                       # the eval-real rules: which label each category gets
+    scenes: list[str] | None = None   # only these scans (None = all)
+
+
+def scan_clusters(source: ScanSource, known: list[str]
+                  ) -> tuple[ClusterSet, list[str], list[str], dict[str, str]]:
+    """Ground-truth objects of real scans, gravity-aligned by their table.
+
+    Each object is taught its rule's first label; a scan is one group, so early
+    stopping is measured on whole scans the adapters never saw.
+    """
+    from p3d_perception.training.real_eval import load_config, load_scenes
+    scenes, _ = load_scenes(source.dirs, load_config(source.config), source.scenes)
+    objects = [(i, s, o) for i, s in enumerate(scenes) for o in s.objects]
+    if not objects:
+        raise ConfigError('no labelled objects in the given scans')
+    new = sorted({o.label for _, _, o in objects} - set(known))
+    classes = known + new
+    data = ClusterSet([gravity_aligned(o.points, s.up) for _, s, o in objects],
+                      [o.colors for _, _, o in objects],
+                      np.asarray([classes.index(o.label) for _, _, o in objects], np.int64),
+                      np.asarray([i for i, _, _ in objects], np.int64))
+    return data, classes, new, {'scans': ', '.join(source.dirs),
+                                'scenes': ', '.join(s.name for s in scenes),
+                                'labels': source.config}
+
+
+def finetune(model_dir: str | Path, dataset_dir: str | Path | None,
+             labels_file: str | Path | None, out_dir: str | Path,
+             cfg: FinetuneConfig | None = None, *, resume: bool = False, command: str = '',
+             scans: ScanSource | None = None) -> dict[str, Any]:
+    """Fine-tune ``model_dir`` on labelled clusters into ``out_dir``.
+
+    The clusters are a bag dataset's (``dataset_dir`` + ``labels_file``) or, with
+    ``scans``, the ground-truth objects of hand-labelled real scans.
+    """
     cfg = cfg or FinetuneConfig()
     cfg.validate()
     device = pick_device(cfg.device)
@@ -493,15 +544,11 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path, labels_file: str | 
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model, card = load_model(model_dir, device=device)
-    dataset = load_dataset(dataset_dir)
-    labels = read_labels(dataset, labels_file)
-    if not labels:
-        raise ConfigError(f'no labelled clusters: write labels into {labels_file or "labels.csv"}'
-                          ' (one category name per object group) first')
     known = list(card.get('prompt_labels') or card['training'].get('train_categories') or [])
-    new = sorted({v for v in labels.values()} - set(known))
-    classes = known + new
-    data = dataset_clusters(dataset, labels, classes)
+    if scans is not None:
+        data, classes, new, source = scan_clusters(scans, known)
+    else:
+        data, classes, new, source = bag_clusters(dataset_dir, labels_file, known)
     train_idx, val_idx = split_by_group(data, cfg.val_fraction, cfg.max_clusters_per_label,
                                         cfg.seed)
     train, val = data.subset(train_idx), data.subset(val_idx)
@@ -642,8 +689,7 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path, labels_file: str | 
     if rank == 0:
         training = dict(card.get('training') or {})
         history = list(training.get('finetunes') or [])
-        history.append({'command': command, 'from': str(model_dir),
-                        'dataset': str(dataset_dir), 'labels': str(labels_file or ''),
+        history.append({'command': command, 'from': str(model_dir), **source,
                         'config': to_dict(cfg), **result})
         training['finetunes'] = history
         training['train_categories'] = list(dict.fromkeys(

@@ -109,7 +109,10 @@ def test_edges_are_smeared_laterally():
     smooth = apply_depth_model(cam.replace(image_shadow=False, disparity_sigma=0.0,
                                            edge_dropout=0.0, flying_pixel_prob=0.0), t, cos,
                                np.random.default_rng(3))
-    mixed = lambda d: ((d > 1.05) & (d < 1.45)).sum()     # neither plane's depth
+
+    def mixed(d):                                          # neither plane's depth
+        return ((d > 1.05) & (d < 1.45)).sum()
+
     assert mixed(clean) == 0
     assert mixed(smooth) > 2 * cam.height                  # a band of blended depths
     far = slice(0, 80)

@@ -6,7 +6,10 @@ Real, partial, noisy scans are where CLIP-aligned point encoders fail, so traini
 sees more damage than the generator already adds: extra occlusion cuts, point
 dropout, metric depth jitter along the viewing ray, flying pixels at silhouettes,
 yaw about the gravity axis, scale changes, colour jitter and colour dropped with
-p=0.5 so one model serves xyz-only sensors. All metric (before normalisation).
+p=0.5 so one model serves xyz-only sensors. Real objects' colours are not the
+synthetic palette, so colour can also be cast per channel, permuted or reduced
+to grey: what survives is shading and print contrast, not hue. All metric
+(before normalisation).
 """
 
 from __future__ import annotations
@@ -41,13 +44,21 @@ class AugmentConfig:
     outlier_fraction: float = 0.01  # stray points inside the box
     color_drop_prob: float = 0.5
     color_jitter: float = 0.12      # brightness/contrast jitter (fraction)
+    #: per-channel gain jitter (fraction): a colour cast, as between a camera's white
+    #: balance and another's, or the synthetic palette and real print
+    channel_jitter: float = 0.0
+    greyscale_prob: float = 0.0     # colour kept but reduced to its luminance
+    channel_shuffle_prob: float = 0.0   # R, G, B permuted: hue cannot be relied on
     min_points: int = 24
 
     def validate(self) -> None:
         if self.up_axis not in _AXES:
             raise ConfigError(f'augment.up_axis must be one of {sorted(_AXES)}')
-        if not 0 <= self.color_drop_prob <= 1:
-            raise ConfigError('augment.color_drop_prob must be in [0, 1]')
+        for name in ('color_drop_prob', 'greyscale_prob', 'channel_shuffle_prob'):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f'augment.{name} must be in [0, 1]')
+        if not 0 <= self.channel_jitter < 1:
+            raise ConfigError('augment.channel_jitter must be in [0, 1)')
 
 
 def _rotation(axis: int, angle: float) -> np.ndarray:
@@ -118,8 +129,16 @@ def augment_view(points: np.ndarray, colors: np.ndarray | None, cfg: AugmentConf
         else:
             gain = 1 + rng.uniform(-cfg.color_jitter, cfg.color_jitter)
             bias = rng.uniform(-cfg.color_jitter, cfg.color_jitter) * 255
-            col = np.clip(col * gain + bias + rng.normal(0, 3, col.shape), 0, 255)
-            col = col.astype(np.uint8)
+            col = col * gain + bias + rng.normal(0, 3, col.shape)
+            # the extra colour damage draws from the stream only when switched on, so
+            # configs without it keep their augmentation sequence
+            if cfg.channel_jitter > 0:
+                col = col * (1 + rng.uniform(-cfg.channel_jitter, cfg.channel_jitter, 3))
+            if cfg.channel_shuffle_prob > 0 and rng.random() < cfg.channel_shuffle_prob:
+                col = col[:, rng.permutation(3)]
+            if cfg.greyscale_prob > 0 and rng.random() < cfg.greyscale_prob:
+                col = np.repeat(col @ np.array([[0.299], [0.587], [0.114]]), 3, axis=1)
+            col = np.clip(col, 0, 255).astype(np.uint8)
     return pts.astype(np.float32), col
 
 

@@ -45,14 +45,36 @@ class DataConfig:
     held_out: list[str] = field(default_factory=list)     # never trained; zero-shot test
     views_per_category: int = 200
     seed: int = 0
-    camera: str = 'd435'
+    #: a camera preset, or a list of them: each synthetic instance is seen by one,
+    #: drawn per instance (one model for several sensors)
+    camera: str | list[str] = 'd435'
+    #: share of each category's instances made from scanned/modelled meshes (the
+    #: training-time asset wheels, requirements-train.txt) instead of procedural ones
+    mesh_share: float = 0.0
+    mesh_sources: list[str] = field(default_factory=list)   # [] = every set
+    poses: bool = False                   # objects also lie on a side / stand upside down
     val_views_per_category: int = 20
     val_seed: int = 1000
     cache_dir: str = '.p3d_cache/views'   # generated views cached here ('' = no cache)
 
     def validate(self) -> None:
+        from p3d_perception.training.synthetic.camera import CAMERA_PRESETS
         if self.views_per_category < 1:
             raise ConfigError('data.views_per_category must be >= 1')
+        cams = self.camera if isinstance(self.camera, list) else [self.camera]
+        if not cams or not all(isinstance(c, str) for c in cams):
+            raise ConfigError('data.camera must be a camera preset name or a list of them')
+        unknown = [c for c in cams if c not in CAMERA_PRESETS]
+        if unknown:
+            raise ConfigError(f'data.camera: unknown presets {unknown}; known: '
+                              f'{", ".join(CAMERA_PRESETS)}')
+        if not 0.0 <= self.mesh_share <= 1.0:
+            raise ConfigError('data.mesh_share must be in [0, 1]')
+
+    def view_options(self) -> dict:
+        """Arguments of :func:`generate_views` beyond categories, count and seed."""
+        return dict(camera=self.camera, cache_dir=self.cache_dir, mesh_share=self.mesh_share,
+                    mesh_sources=list(self.mesh_sources), poses=self.poses)
 
 
 def all_categories(cfg: DataConfig) -> list[str]:
@@ -83,11 +105,17 @@ def load_views_file(path: str | Path):
 
 
 def generate_views(categories: Sequence[str], views_per_category: int, seed: int,
-                   camera: str = 'd435', cache_dir: str = ''):
+                   camera: str | Sequence[str] = 'd435', cache_dir: str = '', *,
+                   mesh_share: float = 0.0, mesh_sources: Sequence[str] = (),
+                   poses: bool = False):
     """Synthetic views, cached on disk by their generation arguments."""
     syn = synthetic()
-    key = json.dumps([list(categories), views_per_category, seed, camera,
-                      getattr(syn, '__version__', '')])
+    camera = list(camera) if isinstance(camera, (list, tuple)) else camera
+    parts = [list(categories), views_per_category, seed, camera,
+             getattr(syn, '__version__', '')]
+    if mesh_share > 0 or poses:     # keys of plain views stay as they were
+        parts += [float(mesh_share), sorted(mesh_sources), bool(poses)]
+    key = json.dumps(parts)
     cache = None
     if cache_dir:
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
@@ -97,14 +125,39 @@ def generate_views(categories: Sequence[str], views_per_category: int, seed: int
             return syn.load_object_views(cache)
     LOG.info('generating %d views x %d categories (seed %d, camera %s)',
              views_per_category, len(categories), seed, camera)
+    extra = {}
+    if mesh_share > 0 or poses:     # the synthetic module may be a stand-in without them
+        extra = dict(mesh_share=mesh_share, mesh_sources=list(mesh_sources) or None,
+                     poses=poses)
     views = syn.generate_object_views(list(categories), views_per_category, seed,
-                                      camera=camera)
+                                      camera=camera, **extra)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.stem + '.tmp.npz')
         syn.save_object_views(tmp, views)
         tmp.replace(cache)
     return views
+
+
+def mesh_info(cfg: DataConfig, views) -> dict:
+    """What the model card records about mesh-asset instances and poses.
+
+    The share, how many views came from meshes, which meshes, and the licence of
+    every set used: a model trained on third-party meshes must say whose they are.
+    """
+    if cfg.mesh_share <= 0 and not cfg.poses:
+        return {}
+    info: dict = {'mesh_share': cfg.mesh_share, 'poses': cfg.poses}
+    source = getattr(views, 'source', None)
+    if cfg.mesh_share > 0 and source is not None:
+        from p3d_perception.training.synthetic.meshes import ASSETS
+        used = {str(s) for s in source if s}
+        by_name = {a.name: a for a in ASSETS}
+        info['mesh_views'] = int(sum(1 for s in source if s))
+        info['mesh_assets'] = sorted(used)
+        info['mesh_licences'] = {a.source: a.licence for n in sorted(used)
+                                 if (a := by_name.get(n)) is not None}
+    return info
 
 
 def view_arrays(views, class_names: Sequence[str]) -> tuple[list, list, np.ndarray]:

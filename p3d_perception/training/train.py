@@ -38,7 +38,8 @@ from p3d_perception.model.grouping import prepare_batch
 from p3d_perception.model.prompt import PromptLearner
 from p3d_perception.training.augment import AugmentConfig
 from p3d_perception.training.data import (DataConfig, ViewBatcher, generate_views,
-                                          load_views_file, split_categories, view_arrays)
+                                          load_views_file, mesh_info, split_categories,
+                                          view_arrays)
 
 LOG = logging.getLogger(__name__)
 
@@ -233,9 +234,9 @@ def build_splits(cfg: TrainConfig) -> Splits:
         val_seen = ([], [], np.zeros(0, np.int64))
         val_held = ([], [], np.zeros(0, np.int64))
     else:
-        views = generate_views(train_cls, d.views_per_category, d.seed, d.camera, d.cache_dir)
+        views = generate_views(train_cls, d.views_per_category, d.seed, **d.view_options())
         train = view_arrays(views, train_cls)
-        vs = generate_views(vocab, d.val_views_per_category, d.val_seed, d.camera, d.cache_dir)
+        vs = generate_views(vocab, d.val_views_per_category, d.val_seed, **d.view_options())
         val_seen = view_arrays(vs, train_cls)
         val_held = view_arrays(vs, vocab)
         keep = np.isin(val_held[2], [vocab.index(h) for h in held])
@@ -246,7 +247,7 @@ def build_splits(cfg: TrainConfig) -> Splits:
                     [c for c, k in zip(val_seen[1], keep) if k], val_seen[2][keep])
         info = {'generator': 'p3d_perception.training.synthetic.generate_object_views',
                 'views_per_category': d.views_per_category, 'seed': d.seed,
-                'camera': d.camera, 'num_views': len(views),
+                'camera': d.camera, 'num_views': len(views), **mesh_info(d, views),
                 'val_views_per_category': d.val_views_per_category, 'val_seed': d.val_seed}
     return Splits(vocab, train_cls, held, train, val_seen, val_held, info)
 

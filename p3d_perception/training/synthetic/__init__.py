@@ -8,7 +8,7 @@ public API from here; the submodules are implementation detail.
 """
 
 #: bumped whenever generated data changes, so caches keyed on it are rebuilt
-__version__ = '2'
+__version__ = '3'
 
 from p3d_perception.training.synthetic.camera import CAMERA_PRESETS, CameraModel, get_camera
 from p3d_perception.training.synthetic.catalogue import (

@@ -316,8 +316,10 @@ def _shift_min(a: np.ndarray) -> np.ndarray:
 
 
 def _box_sum(a: np.ndarray, r: int) -> np.ndarray:
-    """Sum over the (2r+1)^2 window around every pixel (clipped at the border), by an
-    integral image: constant cost per pixel whatever the radius."""
+    """Sum over the (2r+1)^2 window around every pixel, clipped at the border.
+
+    By an integral image: constant cost per pixel whatever the radius.
+    """
     h, w = a.shape
     ii = np.zeros((h + 1, w + 1), np.float64)
     np.cumsum(np.cumsum(a, 0), 1, out=ii[1:, 1:])

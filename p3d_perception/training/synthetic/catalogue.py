@@ -873,8 +873,8 @@ def _tin(rng):
     col = colour(rng, *BRIGHT, 'silver', 'white', 'red', 'blue', jitter=30)
     b.add(cylinder(r, body_h, 0, 40), col)
     lid_r = r + _u(rng, 0.001, 0.004)
-    lid_col = col if rng.random() < 0.5 else colour(rng, 'silver', 'white', 'red', 'black',
-                                                     'yellow')
+    lid_col = col if rng.random() < 0.5 else colour(
+        rng, 'silver', 'white', 'red', 'black', 'yellow')
     prof = [(0, 0), (lid_r, 0), (lid_r, lid_h), (lid_r * 0.96, lid_h + 0.002), (0, lid_h + 0.002)]
     b.add(lathe(prof, 40), lid_col, t=(0, 0, body_h + GAP))
     return b

@@ -50,6 +50,10 @@ class ObjectViews:
     distance: np.ndarray | None = None   # (V,) float32 camera distance (m)
     elevation: np.ndarray | None = None  # (V,) float32 camera elevation (deg)
     frame: str = 'gravity'      # 'gravity' (z up, x toward the view) or 'camera' (optical)
+    #: (V,) str: '' for a procedural instance (rebuilt from instance_seed), else the name
+    #: of the mesh asset it was made from (training.synthetic.meshes)
+    source: np.ndarray | None = None
+    camera: np.ndarray | None = None     # (V,) str: camera preset of each view
 
     def __post_init__(self):
         self.offsets = np.asarray(self.offsets, np.int64)
@@ -89,7 +93,8 @@ class ObjectViews:
         pick = (lambda a: None if a is None else a[idx])
         return ObjectViews(self.points[sel], self.colors[sel], offs, self.labels[idx],
                            self.categories, self.instance_seed[idx], pick(self.distance),
-                           pick(self.elevation), self.frame)
+                           pick(self.elevation), self.frame, pick(self.source),
+                           pick(self.camera))
 
     @staticmethod
     def concatenate(items: Sequence['ObjectViews']) -> 'ObjectViews':
@@ -110,7 +115,8 @@ class ObjectViews:
                            np.concatenate([it.colors for it in items]), np.concatenate(offs),
                            np.concatenate([it.labels for it in items]), cats,
                            np.concatenate([it.instance_seed for it in items]),
-                           opt('distance'), opt('elevation'), items[0].frame)
+                           opt('distance'), opt('elevation'), items[0].frame, opt('source'),
+                           opt('camera'))
 
 
 def instance_seed_for(seed: int, category: str, index: int) -> int:
@@ -141,6 +147,68 @@ class ViewConfig:
             raise ValueError(f'elevation range {self.elevation} must lie in (0, 90) deg')
         if self.views_per_instance < 1 or self.batch_instances < 1:
             raise ValueError('views_per_instance and batch_instances must be >= 1')
+
+
+_BOX = (('upright', 0.45), ('flat', 0.4), ('side', 0.15))
+#: how objects of a category rest on a table besides upright: boxes lie flat (largest
+#: face down) or on a side, books lie flat (as generated) or stand on an edge or end,
+#: open vessels stand upside down, cylinders sometimes lie. Categories not listed
+#: always stand as generated. The real scans show all of these.
+POSES: dict[str, tuple[tuple[str, float], ...]] = {
+    'cereal box': _BOX, 'snack box': _BOX, 'tea box': _BOX,
+    'tissue box': (('upright', 0.7), ('flat', 0.2), ('side', 0.1)),
+    'drink carton': (('upright', 0.6), ('flat', 0.3), ('side', 0.1)),
+    'milk carton': (('upright', 0.7), ('flat', 0.2), ('side', 0.1)),
+    'book': (('upright', 0.7), ('side', 0.15), ('end', 0.15)),
+    'bowl': (('upright', 0.65), ('upside down', 0.35)),
+    'cup': (('upright', 0.8), ('upside down', 0.2)),
+    'mug': (('upright', 0.8), ('upside down', 0.2)),
+    'plate': (('upright', 0.9), ('upside down', 0.1)),
+    'tin': (('upright', 0.85), ('lying', 0.15)),
+    'can': (('upright', 0.85), ('lying', 0.15)),
+    'bottle': (('upright', 0.8), ('lying', 0.2)),
+    'jar': (('upright', 0.9), ('lying', 0.1)),
+}
+
+
+def _axis_to_z(axis: int, rng: np.random.Generator) -> np.ndarray:
+    """A rotation taking object axis ``axis`` onto the vertical, either way up."""
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    if axis == 2:
+        return np.eye(3) if sign > 0 else np.diag([1.0, -1.0, -1.0])
+    if axis == 0:       # x -> +-z about y
+        return np.array([[0.0, 0.0, -sign], [0.0, 1.0, 0.0], [sign, 0.0, 0.0]])
+    return np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -sign], [0.0, sign, 0.0]])   # y -> +-z
+
+
+def pose_object(mesh, rng: np.random.Generator):
+    """``mesh`` resting in one of its category's poses; returns (mesh, pose name).
+
+    'flat' puts the smallest extent vertical, 'side' the middle one, 'end' the
+    largest; 'lying' turns the (vertical) axis of a cylinder horizontal;
+    'upside down' flips about x. The mesh is re-rested on z = 0, centred in xy.
+    """
+    from p3d_perception.training.synthetic.catalogue import ObjectMesh
+    table = POSES.get(mesh.category)
+    if not table:
+        return mesh, 'upright'
+    names = [n for n, _ in table]
+    prob = np.array([q for _, q in table], np.float64)
+    name = names[int(rng.choice(len(names), p=prob / prob.sum()))]
+    if name == 'upright':
+        return mesh, name
+    order = np.argsort(mesh.size)          # smallest .. largest extent
+    if name == 'upside down':
+        R = np.diag([1.0, -1.0, -1.0])
+    elif name == 'lying':
+        R = _axis_to_z(int(rng.integers(2)), rng)
+    else:
+        R = _axis_to_z(int(order[{'flat': 0, 'side': 1, 'end': 2}[name]]), rng)
+    v = mesh.vertices @ R.T
+    lo, hi = v.min(0), v.max(0)
+    v -= [(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]]
+    return ObjectMesh(mesh.category, v, mesh.triangles, mesh.vertex_colors,
+                      mesh.part_ids), name
 
 
 def _shade(albedo: np.ndarray, cos_view: np.ndarray, n_up: np.ndarray, cam: CameraModel,
@@ -298,7 +366,16 @@ def _finish_view(job, mesh, gid, rays, t_all, g_all, p_all, n_all, cam, cfg, col
     cos = np.where(obj, cos, -dz)
     u, v = job['u'], job['v']
     cos *= (1.0 / np.sqrt(u[None, :] ** 2 + v[:, None] ** 2 + 1.0)).ravel()   # 1 / |ray|
-    depth = apply_depth_model(cam, z.reshape(h, w), cos.reshape(h, w), rng).reshape(-1)
+    albedo = None
+    if cam.dark_dropout > 0:        # dark print loses returns: the sensor needs the albedo
+        albedo = np.full(h * w, 0.45, np.float32)           # the table's wood
+        oi = np.flatnonzero(obj)
+        rgba = np.take(_triangle_rgba(mesh), p_all[a:b][oi]).view(np.uint8).reshape(-1, 4)
+        albedo[oi] = rgba[:, :3].astype(np.float32) @ np.array(
+            [0.299, 0.587, 0.114], np.float32) / np.float32(255.0)
+        albedo = albedo.reshape(h, w)
+    depth = apply_depth_model(cam, z.reshape(h, w), cos.reshape(h, w), rng,
+                              albedo=albedo).reshape(-1)
     vi = np.flatnonzero(depth > 0)
     row, col = np.divmod(vi, w)
     pz = depth[vi]
@@ -355,15 +432,25 @@ def _finish_view(job, mesh, gid, rays, t_all, g_all, p_all, n_all, cam, cfg, col
 
 
 def generate_object_views(categories: Sequence[str] | None = None, views_per_category: int = 8,
-                          seed: int = 0, *, camera: CameraModel | str = 'd435',
+                          seed: int = 0, *, camera: CameraModel | str | Sequence = 'd435',
                           n_points: int | None = None, colour: bool = True,
                           frame: str = 'gravity', config: ViewConfig | None = None,
-                          progress: bool = False) -> ObjectViews:
+                          progress: bool = False, mesh_share: float = 0.0,
+                          mesh_sources: Sequence[str] | None = None,
+                          poses: bool = False) -> ObjectViews:
     """Partial, noisy single-object views, ``views_per_category`` of each category.
 
     Deterministic for ``seed`` (and independent of the order of ``categories``
     for each category's instances). ``n_points`` caps a view's point count by
     random subsampling; views keep their own counts otherwise.
+
+    ``camera`` may be a list: each instance is then seen by one of them, drawn
+    per instance, so one training set covers several sensors. ``mesh_share``
+    of the instances of every category with mesh assets (``meshes.ASSETS``,
+    from ``mesh_sources`` or all sets) are scanned/modelled meshes instead of
+    procedural ones; ``poses`` lets objects lie on their side or stand upside
+    down as :data:`POSES` says. With the defaults the views are those of
+    earlier versions, seed for seed.
     """
     cats = tuple(CATEGORIES if categories is None else categories)
     unknown = [c for c in cats if c not in CATEGORIES]
@@ -375,9 +462,19 @@ def generate_object_views(categories: Sequence[str] | None = None, views_per_cat
         raise ValueError('views_per_category must be >= 1')
     if frame not in ('gravity', 'camera'):
         raise ValueError(f"frame must be 'gravity' or 'camera', got {frame!r}")
+    if not 0.0 <= mesh_share <= 1.0:
+        raise ValueError(f'mesh_share must be in [0, 1], got {mesh_share}')
     cfg = config or ViewConfig()
     cfg.validate()
-    cam = get_camera(camera)
+    cams = [get_camera(c) for c in (
+        camera if isinstance(camera, (list, tuple)) else [camera])]
+    if not cams:
+        raise ValueError('camera: need at least one camera')
+    assets: dict[str, tuple] = {}
+    if mesh_share > 0:
+        from p3d_perception.training.synthetic import meshes
+        for asset in meshes.available_assets(mesh_sources, cats):
+            assets[asset.category] = assets.get(asset.category, ()) + (asset,)
     vpi = cfg.views_per_instance
     # work list: (label, category, instance index, views wanted from it)
     work = []
@@ -385,7 +482,7 @@ def generate_object_views(categories: Sequence[str] | None = None, views_per_cat
         n_inst = math.ceil(views_per_category / vpi)
         for k in range(n_inst):
             work.append((ci, c, k, min(vpi, views_per_category - k * vpi)))
-    pts, cols, counts, labels, seeds, dists, els = [], [], [], [], [], [], []
+    pts, cols, counts, labels, seeds, dists, els, srcs, camn = [], [], [], [], [], [], [], [], []
     bar = None
     if progress:
         from tqdm import tqdm
@@ -393,17 +490,39 @@ def generate_object_views(categories: Sequence[str] | None = None, views_per_cat
     failed = 0
     for b0 in range(0, len(work), cfg.batch_instances):
         chunk = work[b0:b0 + cfg.batch_instances]
-        batch, meta = [], []
+        batch, meta, inst_cam = [], [], []
         for ci, c, k, nv in chunk:
             s = instance_seed_for(seed, c, k)
-            mesh = make_object(c, np.random.default_rng(s))
+            # instance-level choices come from their own stream, so with one camera, no
+            # meshes and no poses nothing else draws from it and old views stay as they were
+            irng = np.random.default_rng([s, 0x5EED])
+            cam = cams[int(irng.integers(len(cams)))] if len(cams) > 1 else cams[0]
+            src = ''
+            if c in assets and irng.random() < mesh_share:
+                from p3d_perception.training.synthetic.meshes import make_mesh_object
+                asset = assets[c][int(irng.integers(len(assets[c])))]
+                mesh = make_mesh_object(asset, irng)
+                src = asset.name
+            else:
+                mesh = make_object(c, np.random.default_rng(s))
+            if poses:
+                mesh, _ = pose_object(mesh, irng)
             rngs = [np.random.default_rng([s, v]) for v in range(nv)]
-            meta += [(ci, s, len(batch))] * nv
+            meta += [(ci, s, len(batch), src, cam)] * nv
             batch.append((mesh, rngs))
-        results = _take_views(batch, cam, cfg, colour, frame, n_points)
+            inst_cam.append(cam)
+        # one raycasting scene per camera in the chunk; results back in work order
+        results: list = [None] * len(meta)
+        for cam in {id(c): c for c in inst_cam}.values():
+            ks = [k for k, c in enumerate(inst_cam) if c is cam]
+            sub = _take_views([batch[k] for k in ks], cam, cfg, colour, frame, n_points)
+            pos = [i for i, m in enumerate(meta) if m[4] is cam]
+            for i, r in zip(pos, sub):
+                results[i] = r
         # views that came out too small are re-taken closer, one retry round per view
         for i, r in enumerate(results):
             tries = 0
+            cam = meta[i][4]
             while (r is None or 'points' not in r) and tries < 3:
                 tries += 1
                 k = meta[i][2]
@@ -417,7 +536,7 @@ def generate_object_views(categories: Sequence[str] | None = None, views_per_cat
             if r is None or 'points' not in r:
                 failed += 1
                 continue
-            ci, s, _ = meta[i]
+            ci, s, _, src, _ = meta[i]
             pts.append(r['points'])
             cols.append(r['colors'])
             counts.append(len(r['points']))
@@ -425,6 +544,8 @@ def generate_object_views(categories: Sequence[str] | None = None, views_per_cat
             seeds.append(s)
             dists.append(r['dist'])
             els.append(r['el'])
+            srcs.append(src)
+            camn.append(cam.name)
         if bar is not None:
             bar.update(len(results))
     if bar is not None:
@@ -437,7 +558,8 @@ def generate_object_views(categories: Sequence[str] | None = None, views_per_cat
         np.concatenate(pts) if pts else np.zeros((0, 3), np.float32),
         np.concatenate(cols) if cols else np.zeros((0, 3), np.uint8), offsets,
         np.asarray(labels, np.int64), cats, np.asarray(seeds, np.int64),
-        np.asarray(dists, np.float32), np.asarray(els, np.float32), frame)
+        np.asarray(dists, np.float32), np.asarray(els, np.float32), frame,
+        np.asarray(srcs, dtype='U64'), np.asarray(camn, dtype='U32'))
 
 
 def save_object_views(path: str | Path, views: ObjectViews) -> Path:
@@ -455,6 +577,9 @@ def save_object_views(path: str | Path, views: ObjectViews) -> Path:
         arrays['distance'] = views.distance.astype(np.float32)
     if views.elevation is not None:
         arrays['elevation'] = views.elevation.astype(np.float32)
+    for name in ('source', 'camera'):
+        if getattr(views, name) is not None:
+            arrays[name] = np.asarray(getattr(views, name), dtype='U')
     np.savez_compressed(path, **arrays)
     return path
 
@@ -481,6 +606,8 @@ def load_object_views(path: str | Path) -> ObjectViews:
                 tuple(str(c) for c in z['categories']), z['instance_seed'],
                 z['distance'] if 'distance' in z.files else None,
                 z['elevation'] if 'elevation' in z.files else None,
-                str(z['frame']) if 'frame' in z.files else 'gravity')
+                str(z['frame']) if 'frame' in z.files else 'gravity',
+                z['source'] if 'source' in z.files else None,
+                z['camera'] if 'camera' in z.files else None)
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f'{path}: cannot read object views ({exc})') from exc

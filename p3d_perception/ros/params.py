@@ -92,6 +92,7 @@ FLOAT_RANGES = {
     'segmentation.cluster_tolerance': (0.0, 1.0), 'segmentation.crease_radius': (0.0, 1.0),
     'segmentation.crease_threshold': (0.0, 10.0), 'segmentation.min_cluster_size': (0.0, 10.0),
     'segmentation.max_cluster_size': (0.0, 100.0), 'segmentation.rim_tolerance': (0.0, 1.0),
+    'segmentation.support_rise': (0.0, 10.0),
 }
 
 

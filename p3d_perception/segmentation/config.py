@@ -43,8 +43,15 @@ class SegmentationConfig:
     plane_iterations: int = 256       #: RANSAC hypotheses
     plane_sample_points: int = 20000  #: points used to fit planes
     plane_min_points: int = 300       #: a plane needs this many inliers in the fit sample/1
-    prefer_highest: bool = True       #: prefer the highest table-sized plane (table > floor)
-    min_support_extent: float = 0.35  #: a higher plane counts as the support above this size (m)
+    #: a table-sized plane at least support_rise above the largest plane is the support
+    #: (a table seen above a floor; the lowest such level)
+    prefer_highest: bool = True
+    min_support_extent: float = 0.35  #: a plane is table-sized when its inliers span this (m)
+    #: height gap that tells a table above a floor from box tops and lids on a table (m)
+    support_rise: float = 0.4
+    #: the support plane [a, b, c, d] (normal up) if known, e.g. [0, 0, 1, -h] for a table
+    #: h m up in a z-up frame; refined on the points within 3 cm of it
+    support_plane: Optional[tuple[float, float, float, float]] = None
     min_height: float = 0.012         #: points lower than this above the support are removed (m)
     max_height: float = 0.7           #: points higher than this above the support are removed (m)
     viewpoint: tuple[float, float, float] = (0.0, 0.0, 0.0)  #: sensor origin in the cloud frame
@@ -70,7 +77,7 @@ class SegmentationConfig:
 
         for name in ('max_range', 'voxel_size', 'plane_distance', 'cluster_tolerance',
                      'crease_radius', 'crease_threshold', 'max_height', 'max_cluster_size',
-                     'rim_tolerance'):
+                     'rim_tolerance', 'support_rise'):
             positive(name)
         if self.min_range < 0 or self.min_range >= self.max_range:
             raise ConfigError(f'segmentation.min_range must be in [0, max_range), got '
@@ -87,6 +94,10 @@ class SegmentationConfig:
             raise ConfigError(f'segmentation.num_planes must be >= 1, got {self.num_planes}')
         if self.up is not None and not np.linalg.norm(self.up) > 0:
             raise ConfigError('segmentation.up must be a non-zero vector (or null for auto)')
+        hint = self.support_plane
+        if hint is not None and (len(hint) != 4 or not np.linalg.norm(hint[:3]) > 0):
+            raise ConfigError('segmentation.support_plane must be [a, b, c, d] with a non-zero '
+                              'normal (or null to find the plane)')
         if not 0 < self.up_tolerance_deg <= 90:
             raise ConfigError(f'segmentation.up_tolerance_deg must be in (0, 90], got '
                               f'{self.up_tolerance_deg}')

@@ -10,7 +10,6 @@ container insides, handles), ``boxes`` (cluster geometry).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -22,7 +21,8 @@ from p3d_perception.segmentation.config import SegmentationConfig
 from p3d_perception.segmentation.geometry import _label_groups
 from p3d_perception.segmentation.grid import _organized_labels, _upsample_labels
 from p3d_perception.segmentation.merge import _absorb_fragments, _merge_parts
-from p3d_perception.segmentation.support import _keep_above, _range_mask, find_support_planes
+from p3d_perception.segmentation.support import (
+    _keep_above, _range_mask, find_support_planes, plane_sample)
 from p3d_perception.segmentation.voxels import _voxel_labels
 
 log = logging.getLogger(__name__)
@@ -82,15 +82,7 @@ class Segmenter:
         t0 = time.perf_counter()
         planes: list[np.ndarray] = []
         if cfg.remove_support:
-            if organised:
-                grid = pts.reshape(cloud.height, cloud.width, 3)
-                step = max(1, int(math.sqrt(n / cfg.plane_sample_points)))
-                sample = grid[::step, ::step][in_range.reshape(grid.shape[:2])[::step, ::step]]
-            else:
-                idx = np.flatnonzero(in_range)
-                if idx.size > cfg.plane_sample_points:
-                    idx = idx[rng.integers(0, idx.size, cfg.plane_sample_points)]
-                sample = pts[idx]
+            sample = plane_sample(cloud, in_range, cfg, rng, organised)
             planes = find_support_planes(sample, cfg, rng)
             if not planes:
                 log.warning('no support plane found (up=%s, tolerance %.0f deg); clustering '

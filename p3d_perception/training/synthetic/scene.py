@@ -342,6 +342,43 @@ def generate_scene(rng_or_seed=None, *, categories: Sequence[str] | None = None,
                  floor_col.astype(np.uint8), floor_z, None if seed is None else int(seed))
 
 
+def solid(parts: Sequence[tuple[np.ndarray, np.ndarray]], colour, category: str = 'unknown',
+          colours: Sequence | None = None) -> ObjectMesh:
+    """One object from (vertices, triangles) parts, e.g. ``catalogue.box`` slabs.
+
+    Tests and the segmentation benchmarks need objects whose shape they state
+    exactly (a flat box, a tray, a shelf board); the catalogue's random
+    proportions are for training. ``colours`` gives each part its own colour
+    (a printed box with a differently coloured face).
+    """
+    vs, ts, cs, ids, off = [], [], [], [], 0
+    for k, (v, t) in enumerate(parts):
+        vs.append(np.asarray(v, np.float64))
+        ts.append(np.asarray(t, np.int32) + off)
+        c = colour if colours is None else colours[k]
+        cs.append(np.tile(np.asarray(c, np.float64), (len(v), 1)))
+        ids.append(np.full(len(t), k, np.int32))
+        off += len(v)
+    return ObjectMesh(category, np.vstack(vs), np.vstack(ts),
+                      np.clip(np.vstack(cs), 0, 255).astype(np.uint8), np.concatenate(ids))
+
+
+def arranged_scene(objects: Sequence[tuple[ObjectMesh, np.ndarray]], *,
+                   table_size: tuple[float, float] = (1.2, 0.8), floor_z: float = -0.75,
+                   table_colour=(150, 110, 70), support: str = 'table') -> Scene:
+    """A scene from meshes and their T_table_object poses, ids 1..K in the given order."""
+    placed = [PlacedObject(i + 1, m.category, m, np.asarray(T, np.float64))
+              for i, (m, T) in enumerate(objects)]
+    return Scene(placed, support, (float(table_size[0]), float(table_size[1])),
+                 np.asarray(table_colour, np.uint8), np.array([110, 105, 100], np.uint8),
+                 float(floor_z) if support == 'table' else 0.0)
+
+
+def yaw_pose(x: float, y: float, z: float, yaw: float) -> np.ndarray:
+    """T_table_object of an object at (x, y, z) turned by ``yaw`` radians about z."""
+    return _yaw_pose(x, y, z, yaw)
+
+
 def sample_camera_pose(scene: Scene, rng: np.random.Generator, *,
                        distance: tuple[float, float] = (0.6, 1.6),
                        elevation: tuple[float, float] = (25.0, 65.0)) -> np.ndarray:

@@ -350,6 +350,10 @@ def test_cli_eval_segmentation_writes_json_and_png(tmp_path):
     assert res['overall']['table_removed'] > 0.99
     assert res['scenes'][0]['scene'] == 'learn20'
     assert png.read_bytes()[:4] == b'\x89PNG'
+    # the published protocol and the Open3D baseline, per kind, in the same run
+    assert res['overall']['objects_f075'] == 2 and res['overall']['f_measure'] > 0.85
+    assert res['kinds']['stacked']['open3d']['objects'] == 2
+    assert set(res['open3d']) >= {'matched', 'f_measure', 'f075_rate', 'median_ms'}
 
 
 def test_support_plane_found_when_clutter_outnumbers_it():

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def open3d_pipeline(points: np.ndarray, args) -> np.ndarray:
-    """Per-input-point labels from voxel + RANSAC plane + DBSCAN (the timed part)."""
+    """Voxel + RANSAC plane + DBSCAN (the timed part); ``open3d_labels`` maps it back."""
     import open3d as o3d
     valid = np.isfinite(points).all(axis=1)
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points[valid].astype(np.float64)))
@@ -44,6 +44,18 @@ def open3d_pipeline(points: np.ndarray, args) -> np.ndarray:
     rest = down.select_by_index(inliers, invert=True)
     lab = np.asarray(rest.cluster_dbscan(args.o3d_eps, args.o3d_min_points))
     return plane, rest, lab, valid
+
+
+#: The baseline's parameters (``p3d bench segmentation`` exposes them as options).
+OPEN3D_DEFAULTS = {'o3d_voxel': 0.01, 'o3d_plane_distance': 0.01, 'o3d_eps': 0.02,
+                   'o3d_min_points': 10}
+
+
+def open3d_baseline_labels(points: np.ndarray, **params) -> np.ndarray:
+    """Per-input-point labels of the plain Open3D pipeline (the eval command's baseline)."""
+    import types
+    args = types.SimpleNamespace(**{**OPEN3D_DEFAULTS, **params})
+    return open3d_labels(points, open3d_pipeline(points, args))
 
 
 def open3d_labels(points: np.ndarray, out) -> np.ndarray:

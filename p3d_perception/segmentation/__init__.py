@@ -30,12 +30,13 @@ Each stage lives in its own module (``config``, ``support``, ``grid``, ``voxels`
 
 from p3d_perception.segmentation.boxes import OrientedBox, oriented_box
 from p3d_perception.segmentation.config import OPTICAL_UP_HINT, SegmentationConfig
-from p3d_perception.segmentation.metrics import match_instances, mosd_ground_truth
+from p3d_perception.segmentation.metrics import (
+    match_instances, mosd_ground_truth, overlap_scores, scene_kind)
 from p3d_perception.segmentation.segmenter import Cluster, Segmentation, Segmenter, segment
 from p3d_perception.segmentation.support import find_support_planes
 
 __all__ = [
     'OPTICAL_UP_HINT', 'Cluster', 'OrientedBox', 'Segmentation', 'SegmentationConfig',
     'Segmenter', 'find_support_planes', 'match_instances', 'mosd_ground_truth',
-    'oriented_box', 'segment',
+    'oriented_box', 'overlap_scores', 'scene_kind', 'segment',
 ]

@@ -330,9 +330,11 @@ class PerceptionBase:
             response.message = 'the node is not active (ros2 lifecycle set ... activate)'
             return response
         top_k = int(request.top_k) or self._params['query.default_top_k']
+        min_score = float(request.min_score)
+        if min_score < 0:      # not given: the .srv default is -1
+            min_score = self._params['query.default_min_score']
         try:
-            matches = pipeline.query(request.query, top_k=top_k,
-                                     min_score=float(request.min_score))
+            matches = pipeline.query(request.query, top_k=top_k, min_score=min_score)
         except QueryError as exc:
             response.success = False
             response.message = str(exc)
@@ -346,8 +348,9 @@ class PerceptionBase:
         remembered = len(pipeline.memory)
         response.message = (f'{len(matches)} match(es) among {remembered} remembered objects'
                             if matches else
-                            f'no match: no object scores >= {request.min_score:.2f} among '
-                            f'{remembered} remembered objects')
+                            f'no match: no remembered object looks like '
+                            f'"{request.query.strip()}" (none of {remembered} scores >= '
+                            f'{min_score:.2f})')
         self._pub_query_markers.publish(messages.query_markers_msg(
             request.query.strip(), matches, now_ns, up=self._up(),
             lifetime_s=self._params['query.highlight_s']))

@@ -52,6 +52,29 @@ def test_meshes_are_watertight_metric_and_resting(category):
         assert np.einsum('ij,ij->i', a, np.cross(b, c)).sum() / 6 > 0
 
 
+# metres: (height lo, hi), (largest extent lo, hi) of the objects real tabletop scans show
+# (a tissue box's height includes the tissue standing out of it)
+REAL_SIZES = {
+    'cereal box': ((0.25, 0.36), (0.25, 0.36)), 'tissue box': ((0.07, 0.19), (0.11, 0.26)),
+    'book': ((0.02, 0.06), (0.19, 0.29)), 'can': ((0.10, 0.16), (0.10, 0.16)),
+    'jar': ((0.09, 0.17), (0.09, 0.17)), 'mug': ((0.08, 0.115), (0.10, 0.15)),
+    'cup': ((0.08, 0.14), (0.08, 0.14)), 'bowl': ((0.045, 0.08), (0.13, 0.22)),
+    'plate': ((0.016, 0.03), (0.18, 0.28)), 'bottle': ((0.18, 0.32), (0.18, 0.32)),
+    'tin': ((0.045, 0.26), (0.09, 0.27)), 'drink carton': ((0.10, 0.28), (0.10, 0.28)),
+    'snack box': ((0.03, 0.18), (0.10, 0.30)), 'tea box': ((0.055, 0.13), (0.065, 0.135)),
+}
+
+
+@pytest.mark.parametrize('category', sorted(REAL_SIZES))
+def test_real_tabletop_categories_have_real_sizes(category):
+    (h_lo, h_hi), (m_lo, m_hi) = REAL_SIZES[category]
+    sizes = np.array([make_object(category, np.random.default_rng(k)).size for k in range(40)])
+    tol = 0.005
+    assert sizes[:, 2].min() >= h_lo - tol and sizes[:, 2].max() <= h_hi + tol, sizes[:, 2]
+    assert sizes.max(1).min() >= m_lo - tol and sizes.max(1).max() <= m_hi + tol
+    assert np.ptp(sizes.max(1)) > 0.1 * m_lo          # instances differ in size
+
+
 def test_instances_vary_and_are_deterministic():
     for category in ('mug', 'bottle', 'shoe'):
         a = make_object(category, np.random.default_rng(5))

@@ -884,7 +884,7 @@ def _drink_carton(rng):
     """A drink carton: a brick (Tetra Pak style, often with a screw cap) or a gable top."""
     b = _Builder(rng)
     w, d = _u(rng, 0.055, 0.095), _u(rng, 0.04, 0.07)
-    h = _u(rng, 0.10, 0.25)
+    h = _u(rng, 0.10, 0.23)             # body; a gable or a cap adds up to 5 cm
     col = colour(rng, *BRIGHT, 'white', 'cream', 'brown', jitter=30)
     if rng.random() < 0.55:     # brick
         b.add(box(w, d, h, round_r=0.002), col)

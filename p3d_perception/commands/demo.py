@@ -22,8 +22,10 @@ import time
 
 import numpy as np
 
-DEFAULT_QUERIES = ('a mug', 'something to drink from', 'a box of cereal', 'a piece of fruit',
-                   'a tool')
+#: asked about as present when the scene holds one (what a person would ask for)
+DRINKWARE = ('mug', 'cup', 'wine glass')
+#: asked about as absent: the first of these the scene does not hold
+ABSENT_CANDIDATES = ('teddy bear', 'laptop', 'shoe', 'banana', 'drill', 'frying pan')
 CLOUD_TOPIC = '/camera/depth/color/points'
 
 
@@ -104,13 +106,14 @@ def run(args: argparse.Namespace) -> int:
         if not bag.exists():
             _generate_bag(bag, args.seed)
     clouds, K, truth = _read_bag(bag)
-    queries = args.query or list(DEFAULT_QUERIES)
-
     node_proc = _start_node(args.model, dict(os.environ))
     try:
         session = _Session(node_proc, args.timeout)
         frames = session.play(clouds, args.rate)
-        answers = [(q, session.ask(q)) for q in queries]
+        gt_last = truth[min(len(frames), len(truth)) - 1] if truth and frames else None
+        queries = ([(q, None) for q in args.query] if args.query else
+                   demo_queries(frames[-1][1] if frames else None, gt_last))
+        answers = [(q, session.ask(q), want) for q, want in queries]
         session.close()
     finally:
         node_log = _stop(node_proc)
@@ -128,6 +131,30 @@ def run(args: argparse.Namespace) -> int:
     (args.out / 'demo.json').write_text(json.dumps(report, indent=2) + '\n', encoding='utf-8')
     print(f'saved {png} and {args.out / "demo.json"}')
     return 0
+
+
+def demo_queries(detections_msg, gt: dict | None) -> list[tuple[str, tuple | None]]:
+    """Questions with known answers: what the scene holds, and one thing it does not.
+
+    Returns (query, categories that answer it right); ``()`` means the right answer is
+    "no match". Present categories are those of ground-truth objects the node detected,
+    so a query is not counted wrong for an object the camera could not see.
+    """
+    from p3d_perception.ros import demo_report
+    seen = []
+    for det in getattr(detections_msg, 'detections', []):
+        cat = demo_report.truth_for(det, gt)
+        if cat and cat not in seen:
+            seen.append(cat)
+    queries: list[tuple[str, tuple | None]] = [(f'a {c}', (c,)) for c in seen[:3]]
+    drink = tuple(c for c in DRINKWARE if c in seen)
+    if drink:
+        queries.append(('something to drink from', drink))
+    absent = [c for c in ABSENT_CANDIDATES if c not in seen and
+              c not in [o.get('category') for o in (gt or {}).get('objects', [])]]
+    if absent:
+        queries.append((f'a {absent[0]}', ()))
+    return queries
 
 
 def _stop(proc: subprocess.Popen) -> str:
@@ -202,8 +229,9 @@ class _Session:
         return frames
 
     def ask(self, query: str):
-        future = self.client.call_async(self.request_type(query=query, top_k=3,
-                                                          min_score=0.0))
+        # min_score left at its default: the node's query.default_min_score, at which
+        # something that is not there gets no match
+        future = self.client.call_async(self.request_type(query=query, top_k=3))
         self._wait(future.done, f'the answer to {query!r}')
         return future.result()
 

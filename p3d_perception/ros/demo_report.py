@@ -21,7 +21,7 @@ def _center(det) -> np.ndarray:
     return np.array([p.x, p.y, p.z])
 
 
-def _truth_for(det, gt: dict | None) -> str | None:
+def truth_for(det, gt: dict | None) -> str | None:
     """Category of the ground-truth object nearest to the detection (within 10 cm)."""
     if not gt:
         return None
@@ -42,7 +42,7 @@ def _truth_for(det, gt: dict | None) -> str | None:
 def summarise(detections_msg, answers, gt: dict | None) -> dict:
     rows = []
     for det in detections_msg.detections:
-        truth = _truth_for(det, gt)
+        truth = truth_for(det, gt)
         rows.append({
             'id': det.object_id, 'label': det.label, 'score': round(float(det.score), 3),
             'alternatives': [f'{lbl} {s:.2f}' for lbl, s in
@@ -53,16 +53,28 @@ def summarise(detections_msg, answers, gt: dict | None) -> dict:
             'correct': None if truth is None else truth == det.label})
     judged = [r for r in rows if r['correct'] is not None]
     qa = []
-    for query, resp in answers:
+    for query, resp, want in answers:
+        top = truth_for(resp.matches[0], gt) if resp.success and resp.matches else None
+        if want is None:
+            right = None            # a user's own question: nothing to judge it by
+        elif not want:
+            right = bool(resp.success and not resp.matches)
+        else:
+            right = top in want
         qa.append({'query': query, 'success': resp.success, 'message': resp.message,
+                   'expected': None if want is None else (list(want) or 'no match'),
+                   'top_ground_truth': top, 'correct': right,
                    'matches': [{'id': m.object_id, 'label': m.label,
                                 'score': round(float(s), 3)}
                                for m, s in zip(resp.matches, resp.scores)]})
+    judged_q = [a for a in qa if a['correct'] is not None]
     n_truth = len(gt.get('objects', [])) if isinstance(gt, dict) else (len(gt) if gt else 0)
     return {'detections': rows, 'answers': qa,
             'ground_truth_objects': n_truth,
             'labels_correct': sum(bool(r['correct']) for r in judged),
-            'labels_judged': len(judged)}
+            'labels_judged': len(judged),
+            'queries_correct': sum(bool(a['correct']) for a in judged_q),
+            'queries_judged': len(judged_q)}
 
 
 def print_tables(report: dict, bag: Path, frames: int) -> None:
@@ -85,12 +97,20 @@ def print_tables(report: dict, bag: Path, frames: int) -> None:
                       f"{report['labels_judged']} detections near a ground-truth object "
                       f"({report['ground_truth_objects']} objects in the scene)")
     q = Table(title='/query_object')
-    for col in ('query', 'answer (id label score)', 'message'):
+    for col in ('query', 'answer (id label score)', 'right answer', 'message'):
         q.add_column(col)
     for a in report['answers']:
+        want = a['expected']
+        want = '-' if want is None else (want if isinstance(want, str) else ' or '.join(want))
+        mark = {None: '', True: ' [green]ok[/]', False: ' [red]wrong[/]'}[a['correct']]
         q.add_row(a['query'], '; '.join(f"#{m['id']} {m['label']} {m['score']:.2f}"
-                                        for m in a['matches']) or '-', a['message'])
+                                        for m in a['matches']) or '-', want + mark,
+                  a['message'])
     console.print(q)
+    if report['queries_judged']:
+        console.print(f"queries answered right: {report['queries_correct']}/"
+                      f"{report['queries_judged']} (present objects found first, absent "
+                      "ones answered with no match)")
 
 
 def _box_corners(det) -> np.ndarray:
@@ -118,7 +138,7 @@ def save_png(path: Path, cloud: Cloud, detections_msg, answers, K, gt) -> Path:
     else:
         image = np.full((max(h, 1), max(w, 1), 3), 40, np.uint8)
     answer_ids = {}
-    for query, resp in answers:
+    for query, resp, _ in answers:
         if resp.success and resp.matches:
             answer_ids.setdefault(resp.matches[0].object_id, []).append(query)
     fig, (ax, side) = plt.subplots(1, 2, figsize=(15, 6.5),
@@ -144,7 +164,7 @@ def save_png(path: Path, cloud: Cloud, detections_msg, answers, K, gt) -> Path:
     ax.set_title(f'{len(detections_msg.detections)} objects detected by p3d_perception')
     side.set_axis_off()
     lines = ['/query_object answers', '']
-    for query, resp in answers:
+    for query, resp, _ in answers:
         best = (f'#{resp.matches[0].object_id} {resp.matches[0].label} '
                 f'({resp.scores[0]:.2f})' if resp.success and resp.matches else '-')
         lines.append(f'"{query}"')

@@ -33,6 +33,9 @@ class SegmentationConfig:
     # --- sampling
     organized: bool = True            #: use the pixel-grid path for organised clouds
     organized_stride: int = 1         #: pixel step of the grid path (2 = 4x fewer pixels)
+    #: put an unorganised cloud seen from one viewpoint on a virtual pixel grid and use the
+    #: grid path (clouds that are not one view keep the voxel path)
+    project_unorganised: bool = True
     voxel_size: float = 0.006         #: voxel edge of the unorganised path (m)
     # --- support plane(s)
     remove_support: bool = True       #: find and remove the support plane

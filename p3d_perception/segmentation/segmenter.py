@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from p3d_perception.segmentation.config import SegmentationConfig
 from p3d_perception.segmentation.geometry import _label_groups
 from p3d_perception.segmentation.grid import _organized_labels, _upsample_labels
 from p3d_perception.segmentation.merge import _absorb_fragments, _merge_parts
+from p3d_perception.segmentation.projection import labels_from_grid, project_single_view
 from p3d_perception.segmentation.support import (
     _keep_above, _range_mask, find_support_planes, plane_sample)
 from p3d_perception.segmentation.voxels import _voxel_labels
@@ -109,9 +110,26 @@ class Segmenter:
                                           cfg.cluster_tolerance * s)
             timings['upsample'] = (time.perf_counter() - t0) * 1e3
         else:
-            idx = np.flatnonzero(keep)
-            if idx.size:
-                labels[idx] = _voxel_labels(pts[idx].astype(np.float64), cfg, timings)
+            t0 = time.perf_counter()
+            view = (project_single_view(pts, in_range, cfg.viewpoint)
+                    if cfg.project_unorganised and keep.any() else None)
+            timings['project'] = (time.perf_counter() - t0) * 1e3
+            if view is not None:
+                flat_keep = np.zeros(view.height * view.width, dtype=bool)
+                shown = view.owner >= 0
+                flat_keep[shown] = keep[view.owner[shown]]
+                grid_labels = _organized_labels(
+                    view.grid, flat_keep.reshape(view.height, view.width),
+                    shown.reshape(view.height, view.width),
+                    replace(cfg, viewpoint=(0.0, 0.0, 0.0)), 1, timings)
+                t0 = time.perf_counter()
+                labels = labels_from_grid(view, grid_labels, pts, keep,
+                                          cfg.cluster_tolerance, cfg.viewpoint)
+                timings['upsample'] = (time.perf_counter() - t0) * 1e3
+            else:
+                idx = np.flatnonzero(keep)
+                if idx.size:
+                    labels[idx] = _voxel_labels(pts[idx].astype(np.float64), cfg, timings)
 
         t0 = time.perf_counter()
         labels = _absorb_fragments(pts, labels, keep, cfg)

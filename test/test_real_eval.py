@@ -99,3 +99,4 @@ def test_eval_real_command_reports_model_and_baselines(mosd_dir, tmp_path, make_
     q = gt['queries']
     # learn0: a box (and no bowl, cup, mug, tin); learn33: all but a box
     assert (q['queries_present'], q['queries_absent']) == (1 + 4, 4 + 1)
+

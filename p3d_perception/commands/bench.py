@@ -27,6 +27,7 @@ BENCHMARKS = {
     'node': 'node',                 # node latency, query latency, RSS, soak
     'finetune': 'finetune',         # the "new robot" adaptation proof
     'robustness': 'robustness',     # fuzzed inputs, corrupt files, damaged bags: no crash
+    'real-recognition': 'real_recognition',  # real scans, cross-validated real-data step
 }
 
 

@@ -85,10 +85,15 @@ def _u8(data: bytes | np.ndarray) -> np.ndarray:
 
 def _cloud_msg(ts, frame, stamp_ns: int):
     from p3d_perception.cloud import pack_cloud
-    T = ts.types
     packed = pack_cloud(frame.points, frame.colors, height=frame.height, width=frame.width)
+    return _packed_msg(ts, packed, stamp_ns, frame.frame_id)
+
+
+def _packed_msg(ts, packed, stamp_ns: int, frame_id: str):
+    """A sensor_msgs/PointCloud2 of a :class:`p3d_perception.cloud.PackedCloud`."""
+    T = ts.types
     return T[POINTCLOUD2](
-        header=_header(ts, stamp_ns, frame.frame_id), height=packed.height, width=packed.width,
+        header=_header(ts, stamp_ns, frame_id), height=packed.height, width=packed.width,
         fields=[T['sensor_msgs/msg/PointField'](
             name=f.name, offset=f.offset, datatype=f.datatype, count=f.count)
             for f in packed.fields],
@@ -224,6 +229,72 @@ def write_scene_bag(path: str | Path, frames: Iterable, *, storage: str = 'mcap'
                                     encoding='utf-8')
     log.info('wrote %d frames to %s (%s)', len(frames), path, storage)
     return path
+
+
+def write_cloud_bag(path: str | Path, clouds: Iterable, *, topic: str = CLOUD_TOPIC,
+                    frame_id: str | None = None, stamps_ns: Iterable[int] | None = None,
+                    start_ns: int = 1_700_000_000_000_000_000, period_ns: int = 1_000_000_000,
+                    storage: str = 'mcap', overwrite: bool = False,
+                    fields: Sequence[str] | None = ()) -> tuple[Path, list[int]]:
+    """Write clouds as a rosbag2 holding one PointCloud2 topic and nothing else.
+
+    This is how scans that never were a recording (PCD captures, a dataset's
+    scenes) enter the bag workflow. Each cloud keeps its shape (organised
+    height x width, NaN points in place), colour as a float32 ``rgb`` field and
+    the extra ``fields`` named (None = all of them, () = none), since a reader
+    may need a scan's per-point labels. ``frame_id`` overrides the clouds' own
+    frame ids; stamps are ``stamps_ns`` or ``start_ns + i * period_ns`` and must
+    be positive and increase. ``clouds`` is consumed one at a time (a folder of
+    Kinect scans does not fit in memory at once). Returns the bag directory and
+    the stamps written; a bag that would hold no cloud is removed (ValueError).
+    """
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from p3d_perception.cloud import pack_cloud
+    plugins = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
+    if storage not in plugins:
+        raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {storage!r}")
+    if period_ns <= 0:
+        raise ValueError(f'period_ns must be > 0, got {period_ns}')
+    path = Path(path)
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f'{path} exists (pass overwrite=True to replace it)')
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ts = typestore()
+    stamp_iter = iter(stamps_ns) if stamps_ns is not None else None
+    written: list[int] = []
+    try:
+        with Writer(path, version=9, storage_plugin=plugins[storage]) as w:
+            conn = w.add_connection(topic, POINTCLOUD2, typestore=ts,
+                                    offered_qos_profiles=[_qos(False)])
+            for i, cloud in enumerate(clouds):
+                st = (int(start_ns) + i * int(period_ns) if stamp_iter is None
+                      else next(stamp_iter, None))
+                if st is None:
+                    raise ValueError(f'fewer stamps than clouds ({i})')
+                st = int(st)
+                if st <= 0 or (written and st <= written[-1]):
+                    raise ValueError(f'cloud stamps must be positive and increase: {st} '
+                                     f'after {written[-1] if written else None}')
+                keep = {k: v for k, v in cloud.fields.items() if fields is None or k in fields}
+                packed = pack_cloud(cloud.points, cloud.colors, keep, height=cloud.height,
+                                    width=cloud.width)
+                frame = cloud.frame_id if frame_id is None else frame_id
+                w.write(conn, st, ts.serialize_cdr(_packed_msg(ts, packed, st, frame),
+                                                   POINTCLOUD2))
+                written.append(st)
+        if not written:
+            raise ValueError(f'write_cloud_bag: no clouds to write to {path}')
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    log.info('wrote %d clouds to %s (%s, %s)', len(written), path, topic, storage)
+    return path, written
 
 
 # ------------------------------------------------------------------ reading

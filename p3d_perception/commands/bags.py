@@ -1,10 +1,13 @@
 # Copyright 2026 The p3d_perception Authors
 # SPDX-License-Identifier: Apache-2.0
-"""``p3d bags extract|label``: the robot's own recordings -> a dataset a person labels.
+"""``p3d bags extract|label|from-pcd|label-from-gt``: recordings -> a dataset a person labels.
 
 Fine-tuning on the objects a robot actually meets starts from its bags; these
 commands turn them into clusters with proposed labels, grouped per physical
-object, so a person labels each object once in a CSV file. The work lives in
+object, so a person labels each object once in a CSV file. ``from-pcd`` makes
+bags of PCD scans so captures that never were a recording take the same path,
+and ``label-from-gt`` fills the labels file from such scans' ground truth (the
+benchmark's stand-in for the person). The work lives in
 :mod:`p3d_perception.training.bags`; this module is argument parsing and output.
 """
 
@@ -51,6 +54,12 @@ def _vocabulary(text: str | None) -> list[str] | None:
 def _command(args: argparse.Namespace) -> str:
     """The command line, rebuilt from the parsed arguments (recorded in dataset.json)."""
     parts = ['p3d', 'bags', args.bags_kind]
+    if args.bags_kind == 'label-from-gt':
+        parts += [str(args.dataset), '--rules', str(args.rules), '--max-per-label',
+                  str(args.max_per_label), '--seed', str(args.seed)]
+        if args.scans:
+            parts += ['--scans', *map(str, args.scans)]
+        return shlex.join(parts)
     if args.bags_kind == 'extract':
         parts += [str(b) for b in args.bags] + ['--out', str(args.out), '--every',
                                                 str(args.every)]
@@ -126,6 +135,39 @@ def run_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_from_pcd(args: argparse.Namespace) -> int:
+    from p3d_perception.training.bags import scans_to_bags
+    keep = [f.strip() for f in (args.keep_fields or '').split(',') if f.strip()]
+    result = scans_to_bags(args.scans, args.out, topic=args.topic, frame_id=args.frame_id,
+                           rate_hz=args.rate, storage=args.storage, keep_fields=keep,
+                           bag_per_scan=args.bag_per_scan, overwrite=args.overwrite)
+    for scan, why in result.skipped:
+        print(f'  skipped {scan}: {why}')
+    shapes = sorted({f'{s["height"]}x{s["width"]}' for s in result.scans})
+    print(f'{len(result.scans)} scan(s) ({", ".join(shapes)}) -> {len(result.bags)} bag(s) '
+          f'on {args.topic} in frame {args.frame_id}; {len(result.skipped)} skipped')
+    where = (f'{args.out}/*' if args.bag_per_scan else str(args.out))
+    print(f'next: p3d bags extract {where} --out data/NAME --every 1   '
+          '(--every 1: every scan is a frame; the default 5 would use a fifth of them)')
+    return 0
+
+
+def run_label_from_gt(args: argparse.Namespace) -> int:
+    from p3d_perception.resources import share_dir
+    from p3d_perception.training.bags import label_from_ground_truth
+    rules = args.rules or share_dir() / 'config' / 'eval' / 'real_kinect.yaml'
+    args.rules = rules
+    r = label_from_ground_truth(args.dataset, rules, scans=args.scans,
+                                max_per_label=args.max_per_label, seed=args.seed,
+                                min_purity=args.min_purity, command=_command(args))
+    per = ', '.join(f'{k} {v}' for k, v in r.clusters_per_label.items()) or 'none'
+    print(f'{r.path}: {r.labelled_groups} of {r.groups} group(s) labelled (clusters per '
+          f'label: {per}); {r.junk_groups} junk (-), {r.over_budget_groups} left empty over '
+          f'the budget of {args.max_per_label}, {r.unknown_groups} without ground truth')
+    print(f'next: p3d finetune --dataset {args.dataset} --out models/NAME')
+    return 0
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--model', default=None,
                    help='model directory for the proposals (default: the bundled model)')
@@ -182,3 +224,56 @@ def register(sub: argparse._SubParsersAction) -> None:
     la.add_argument('dataset', type=Path, metavar='DATASET')
     _model_args(la)
     la.set_defaults(func=run_label)
+
+    fp = kinds.add_parser(
+        'from-pcd', help='write PCD scans as a rosbag2 of PointCloud2, to extract like a bag',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='Write PCD scans (files, or folders of *.pcd; natural order: scan2 before\n'
+                    'scan10) as PointCloud2 messages of one topic with rising stamps and a\n'
+                    'frame id, organised height x width, NaN points and colour kept. A scan\n'
+                    'that cannot be read is reported and skipped. Each bag gets\n'
+                    'pcd_sources.json (which scan each stamp is).\n\n'
+                    '`p3d bags extract` groups clusters across the frames of ONE bag by\n'
+                    'position: scans of one scene belong in one bag, scans of different\n'
+                    'scenes in one bag each (--bag-per-scan), or their objects would be\n'
+                    'joined wherever they stood at the same spot.')
+    fp.add_argument('scans', nargs='+', type=Path, metavar='SCAN',
+                    help='PCD file, or a folder of them')
+    fp.add_argument('--out', required=True, type=Path, metavar='BAG',
+                    help='bag directory to write (with --bag-per-scan: a folder of bags)')
+    fp.add_argument('--topic', default='/camera/depth/points', help='PointCloud2 topic')
+    fp.add_argument('--frame-id', default='camera_depth_optical_frame',
+                    help='header frame id (an optical frame: z forward, y down, as PCD '
+                         'captures of depth cameras are)')
+    fp.add_argument('--rate', type=float, default=1.0, metavar='HZ',
+                    help='stamps rise by 1/HZ seconds from scan to scan')
+    fp.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
+    fp.add_argument('--keep-fields', default='', metavar='A,B',
+                    help='extra PCD fields to carry (e.g. label); x y z and colour always')
+    fp.add_argument('--bag-per-scan', action='store_true',
+                    help='one bag per scan in the --out folder, named after the scan')
+    fp.add_argument('--overwrite', action='store_true', help='replace existing bags')
+    fp.set_defaults(func=run_from_pcd)
+
+    gt = kinds.add_parser(
+        'label-from-gt', help="fill labels.csv from the scans' ground truth (benchmarks)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='For a dataset extracted from `p3d bags from-pcd` bags of scans with a\n'
+                    'per-point label field and categories.json (mOSD format): write in\n'
+                    'labels.csv what a person with categories.json would. A group takes the\n'
+                    "label (the rules' first accepted one) of the object holding most of its\n"
+                    'points (>= --min-purity), `-` where none does (table remnants, merged\n'
+                    'objects, objects no rule names); groups are taken in a seeded random\n'
+                    'order until a label covers --max-per-label clusters. Rewrites every\n'
+                    'label of labels.csv.')
+    gt.add_argument('dataset', type=Path, metavar='DATASET')
+    gt.add_argument('--rules', default=None,
+                    help='eval-real rules (default config/eval/real_kinect.yaml)')
+    gt.add_argument('--scans', nargs='+', default=None, type=Path, metavar='DIR',
+                    help='where the scans are now, if they moved since from-pcd')
+    gt.add_argument('--max-per-label', type=int, default=20, metavar='N',
+                    help='labelled clusters per label at most (0 = no limit)')
+    gt.add_argument('--min-purity', type=float, default=0.7,
+                    help="share of a cluster's points one object must hold")
+    gt.add_argument('--seed', type=int, default=0, help='order the groups are visited in')
+    gt.set_defaults(func=run_label_from_gt)

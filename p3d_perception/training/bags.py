@@ -102,6 +102,11 @@ COLUMN_HELP = {
         'thumbnails': 'uint8 (C,64,64,3) view along the camera axis',
         'up': "float32 (C,3) support-plane normal the recognizer used (the 'up' of the "
               'cluster frame); NaN where none was known',
+        'indices': 'int32 (P,) index of each point in its cloud message (row-major pixel '
+                   'of an organised cloud), aligned with points',
+        'crops': 'uint8 (C,64,64,3) the colour image around the cluster (organised clouds '
+                 'with colour; the rest of the image faded), white where has_crop is false',
+        'has_crop': 'bool (C,)',
     },
 }
 
@@ -255,6 +260,61 @@ def render_thumbnail(points: np.ndarray, colors: np.ndarray | None, frame_id: st
     return img
 
 
+#: share of the cluster's pixel box added around it in an RGB crop (context to recognise it)
+CROP_MARGIN = 0.25
+#: how much of the image outside the cluster's own pixels shows through in a crop
+CROP_FADE = 0.4
+
+
+def rgb_crop(colors: np.ndarray | None, height: int, width: int, indices: np.ndarray,
+             size: int = THUMB_SIZE, margin: float = CROP_MARGIN) -> np.ndarray | None:
+    """(size, size, 3) uint8 camera image around a cluster, or None without one.
+
+    A person names an object from its colour picture far faster than from a point
+    splat, and an organised cloud is a picture: the cluster's pixel box (plus
+    ``margin``) is cut from the cloud's colour grid, squared, and everything that is
+    not the cluster's own pixels is faded, so it is clear which object is meant.
+    Invalid (NaN) points keep their colour in Kinect/RealSense clouds, so holes do
+    not show. Unorganised or colourless clouds have no picture: None.
+    """
+    if colors is None or height <= 1 or width <= 1 or len(indices) == 0:
+        return None
+    cols = np.asarray(colors)
+    if cols.shape != (height * width, 3):
+        return None
+    idx = np.asarray(indices, np.int64)
+    r, c = idx // width, idx % width
+    span = max(int(r.max() - r.min()), int(c.max() - c.min())) + 1
+    side = max(4, int(math.ceil(span * (1 + 2 * margin))))
+    top = (r.min() + r.max()) / 2 - side / 2
+    left = (c.min() + c.max()) / 2 - side / 2
+    steps = (np.arange(size) + 0.5) * side / size
+    ys = np.floor(top + steps).astype(np.int64)
+    xs = np.floor(left + steps).astype(np.int64)
+    in_y, in_x = (ys >= 0) & (ys < height), (xs >= 0) & (xs < width)
+    yy, xx = np.clip(ys, 0, height - 1), np.clip(xs, 0, width - 1)
+    image = cols.reshape(height, width, 3)
+    if image.dtype.kind == 'f':
+        image = np.clip(image * 255, 0, 255)
+    pix = image[yy[:, None], xx[None, :]].astype(np.float32)
+    mask = np.zeros(height * width, bool)
+    mask[idx] = True
+    own = mask.reshape(height, width)[yy[:, None], xx[None, :]]
+    faded = CROP_FADE * pix + (1 - CROP_FADE) * 255
+    out = np.where(own[..., None], pix, faded)
+    out[~in_y] = 255
+    out[:, ~in_x] = 255
+    return np.round(out).astype(np.uint8)
+
+
+def _crops(arrays: dict) -> np.ndarray | None:
+    """The crops of a dataset's arrays with white where none exists; None if none does."""
+    crops, has = arrays.get('crops'), arrays.get('has_crop')
+    if crops is None or has is None or len(has) != len(crops) or not np.any(has):
+        return None
+    return np.where(np.asarray(has, bool)[:, None, None, None], crops, 255).astype(np.uint8)
+
+
 def png_bytes(img: np.ndarray) -> bytes:
     """PNG encoding of an (H, W, 3) uint8 image (for data URIs)."""
     import matplotlib
@@ -271,17 +331,25 @@ def _caption(g: dict) -> str:
             f'({n} cluster{"s" if n != 1 else ""})')
 
 
-def write_contact_sheets(root: str | Path, groups: Sequence[dict],
-                         thumbnails: np.ndarray) -> list[Path]:
-    """One tile per group (its first cluster), GROUPS_PER_SHEET to a page; returns the files."""
+def write_contact_sheets(root: str | Path, groups: Sequence[dict], thumbnails: np.ndarray,
+                         crops: np.ndarray | None = None) -> list[Path]:
+    """One tile per group (its first cluster), GROUPS_PER_SHEET to a page; returns the files.
+
+    With ``crops`` (the colour picture of each cluster, see :func:`rgb_crop`) a tile
+    shows the picture beside the point view: the picture says what it is, the point
+    view what the model was given.
+    """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     root = Path(root)
     for old in root.glob(f'{SHEET_STEM}*.png'):
         old.unlink()
-    scale, cell_w, cell_h, top = 2, 190, 160, 6
+    scale, cell_h, top = 2, 160, 6
     tile = THUMB_SIZE * scale
+    pictures = [thumbnails] if crops is None else [crops, thumbnails]
+    gap = 6
+    cell_w = max(190, len(pictures) * tile + (len(pictures) - 1) * gap + 20)
     pages = [list(groups[i:i + GROUPS_PER_SHEET])
              for i in range(0, len(groups), GROUPS_PER_SHEET)] or [[]]
     paths = []
@@ -291,11 +359,14 @@ def write_contact_sheets(root: str | Path, groups: Sequence[dict],
         spots = []
         for k, g in enumerate(page):
             r, c = divmod(k, SHEET_COLS)
-            x0, y0 = c * cell_w + (cell_w - tile) // 2, r * cell_h + top
-            th = thumbnails[int(g['first_cluster'])]
-            sheet[y0:y0 + tile, x0:x0 + tile] = th.repeat(scale, 0).repeat(scale, 1)
-            sheet[y0:y0 + tile, [x0, x0 + tile - 1]] = 200
-            sheet[[y0, y0 + tile - 1], x0:x0 + tile] = 200
+            width = len(pictures) * tile + (len(pictures) - 1) * gap
+            y0 = r * cell_h + top
+            for j, pics in enumerate(pictures):
+                x0 = c * cell_w + (cell_w - width) // 2 + j * (tile + gap)
+                th = pics[int(g['first_cluster'])]
+                sheet[y0:y0 + tile, x0:x0 + tile] = th.repeat(scale, 0).repeat(scale, 1)
+                sheet[y0:y0 + tile, [x0, x0 + tile - 1]] = 200
+                sheet[[y0, y0 + tile - 1], x0:x0 + tile] = 200
             spots.append((c * cell_w + cell_w / 2, y0 + tile + 3, _caption(g)))
         h, w = sheet.shape[:2]
         fig = plt.figure(figsize=(w / 100, h / 100), dpi=100)
@@ -320,8 +391,13 @@ def _labels_line(g: dict) -> str:
 
 
 def write_index_html(root: str | Path, groups: Sequence[dict], rows: Sequence[dict],
-                     thumbnails: np.ndarray, meta: dict) -> Path:
-    """A self-contained page (images inline) to look through the groups while labelling."""
+                     thumbnails: np.ndarray, meta: dict, crops: np.ndarray | None = None
+                     ) -> Path:
+    """A self-contained page (images inline) to look through the groups while labelling.
+
+    Each group shows the colour picture of up to HTML_THUMBS_PER_GROUP of its clusters
+    (with ``crops``) above their point views.
+    """
     root = Path(root)
     members: dict[int, list[int]] = collections.defaultdict(list)
     for r in rows:
@@ -353,6 +429,12 @@ def write_index_html(root: str | Path, groups: Sequence[dict], rows: Sequence[di
         imgs = ''.join(
             f'<img alt="cluster {i}" title="cluster {i}" src="data:image/png;base64,'
             f'{base64.b64encode(png_bytes(thumbnails[i])).decode("ascii")}">' for i in ids)
+        if crops is not None:
+            imgs = ''.join(
+                f'<img class="rgb" alt="colour picture of cluster {i}" title="cluster {i}, '
+                f'colour" src="data:image/png;base64,'
+                f'{base64.b64encode(png_bytes(crops[i])).decode("ascii")}">'
+                for i in ids) + '<br>' + imgs
         parts.append(
             f'<tr id="g{g["group_id"]}"><td><b>#{g["group_id"]}</b></td>'
             f'<td>{imgs}<br><small>{g["clusters"]} clusters in {g["frames"]} frames</small>'
@@ -786,8 +868,9 @@ def _write_all(root: Path, arrays: dict, rows: list[dict], groups: list[dict],
                meta: dict) -> list[Path]:
     files = [_save_arrays(root, arrays), write_clusters_csv(root, rows),
              write_labels(root, groups)]
-    files += write_contact_sheets(root, groups, arrays['thumbnails'])
-    files.append(write_index_html(root, groups, rows, arrays['thumbnails'], meta))
+    crops = _crops(arrays)
+    files += write_contact_sheets(root, groups, arrays['thumbnails'], crops)
+    files.append(write_index_html(root, groups, rows, arrays['thumbnails'], meta, crops))
     path = root / META_JSON
     _write_text(path, json.dumps(meta, indent=2) + '\n')
     files.append(path)
@@ -848,6 +931,9 @@ def extract_dataset(bags: Sequence[str | Path], out: str | Path, *, topic: str |
     cfg, recognizer = pipeline.config, pipeline.recognizer
     mem_cfg = dataclasses.replace(cfg.memory, expire_s=0.0, max_objects=10_000_000)
     points, colors, has_color, embeddings, ups, thumbs = [], [], [], [], [], []
+    indices: list[np.ndarray] = []
+    crops: list[np.ndarray] = []
+    has_crop: list[bool] = []
     rows: list[dict] = []
     scores: list[dict[str, float]] = []
     group_of: dict[tuple[int, int], int] = {}
@@ -859,7 +945,8 @@ def extract_dataset(bags: Sequence[str | Path], out: str | Path, *, topic: str |
         try:
             fixed_frames[str(path)] = _extract_bag(
                 bi, path, t, topics, every, pipeline, report, mem_cfg, bar, state, group_of,
-                (points, colors, has_color, embeddings, ups, thumbs, rows, scores))
+                (points, colors, has_color, embeddings, ups, thumbs, rows, scores, indices,
+                 crops, has_crop))
         except Exception as exc:  # noqa: BLE001 - one broken bag must not lose the others
             log.warning('%s: extraction stopped by %s: %s; its clusters so far are kept, the '
                         'other bags are read', path, type(exc).__name__, exc)
@@ -882,7 +969,11 @@ def extract_dataset(bags: Sequence[str | Path], out: str | Path, *, topic: str |
                        else np.zeros((0, dim), np.float32)).astype(np.float32),
         'thumbnails': (np.stack(thumbs) if thumbs
                        else np.zeros((0, THUMB_SIZE, THUMB_SIZE, 3), np.uint8)),
-        'up': (np.stack(ups) if ups else np.zeros((0, 3))).astype(np.float32)}
+        'up': (np.stack(ups) if ups else np.zeros((0, 3))).astype(np.float32),
+        'indices': (np.concatenate(indices) if indices else np.zeros(0)).astype(np.int32),
+        'crops': (np.stack(crops) if crops
+                  else np.zeros((0, THUMB_SIZE, THUMB_SIZE, 3), np.uint8)),
+        'has_crop': np.asarray(has_crop, bool)}
     groups = summarise_groups(rows, scores, accept_above=accept_above)
     frames_used = {f for info in fixed_frames.values() for f in info['fixed_frames']}
     meta = {
@@ -933,7 +1024,8 @@ def _extract_bag(bi: int, path: Path, t: str, topics: dict, every: int, pipeline
     from p3d_perception.bagio import POINTCLOUD2, iter_messages
     from p3d_perception.cloud import CloudError, implausible, pointcloud2_to_cloud
     from p3d_perception.memory import ObjectMemory
-    points, colors, has_color, embeddings, ups, thumbs, rows, scores = out
+    points, colors, has_color, embeddings, ups, thumbs, rows, scores, indices, crops, \
+        has_crop = out
     recognizer = pipeline.recognizer
     tree = TransformTree.from_bag(path)
     truth = _ground_truth(path, topics)
@@ -996,6 +1088,11 @@ def _extract_bag(bi: int, path: Path, t: str, topics: dict, every: int, pipeline
             embeddings.append(np.asarray(r.embedding, np.float32))
             ups.append(up if up is not None else np.full(3, np.nan))
             thumbs.append(render_thumbnail(p, c.colors, cloud.frame_id))
+            indices.append(np.asarray(c.indices, np.int32))
+            crop = rgb_crop(cloud.colors, cloud.height, cloud.width, c.indices)
+            has_crop.append(crop is not None)
+            crops.append(crop if crop is not None
+                         else np.full((THUMB_SIZE, THUMB_SIZE, 3), 255, np.uint8))
             center, size = np.asarray(c.box.center), np.asarray(c.box.extent)
             rows.append({
                 'cluster_id': len(rows), 'group_id': gid, 'bag': str(path), 'topic': t,
@@ -1130,3 +1227,313 @@ def relabel_dataset(path: str | Path, *, model: str | Path | None = None,
                           fixed_frames=(meta.get('grouping') or {}).get('per_bag', {}),
                           files=files, kept_labels=len(written),
                           changed_proposals=int(changed))
+
+
+# ------------------------------------------------------------------ PCD scans -> bags
+
+#: written beside a bag made from PCD scans: which scan each stamp came from
+PCD_SOURCES = 'pcd_sources.json'
+PCD_TOPIC = '/camera/depth/points'
+PCD_FRAME = 'camera_depth_optical_frame'
+
+
+def natural_key(path: str | Path) -> list:
+    """Sort key that puts learn2 before learn10 (digit runs compare as numbers)."""
+    import re
+    return [(0, int(t), '') if t.isdigit() else (1, 0, t.lower())
+            for t in re.split(r'(\d+)', str(path)) if t]
+
+
+def collect_scans(paths: Sequence[str | Path]) -> list[Path]:
+    """PCD files named or inside the folders named, in natural order, each once.
+
+    The whole list is sorted, not only each folder, because a shell glob
+    (``scans/*.pcd``) hands over learn1, learn10, learn11, ..., learn2.
+    """
+    found: dict[Path, None] = {}
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            files = [f for f in p.iterdir() if f.suffix.lower() == '.pcd' and f.is_file()]
+            if not files:
+                log.warning('%s holds no .pcd file', p)
+            for f in files:
+                found.setdefault(f, None)
+        elif p.is_file():
+            found.setdefault(p, None)
+        else:
+            raise FileNotFoundError(f'scan not found: {p}')
+    return sorted(found, key=natural_key)
+
+
+@dataclasses.dataclass
+class ScanBags:
+    """What ``p3d bags from-pcd`` wrote: bags, the scans in them, the scans skipped."""
+
+    bags: list[Path]
+    scans: list[dict]                     # per written scan: bag, stamp_ns, source, name...
+    skipped: list[tuple[str, str]]        # (scan, why)
+
+
+def _unique_names(scans: Sequence[Path]) -> list[str]:
+    """A bag name per scan: its stem, with the folder in front where stems repeat."""
+    stems = collections.Counter(s.stem for s in scans)
+    return [s.stem if stems[s.stem] == 1 else f'{s.parent.name}_{s.stem}' for s in scans]
+
+
+def scans_to_bags(scans: Sequence[str | Path], out: str | Path, *, topic: str = PCD_TOPIC,
+                  frame_id: str = PCD_FRAME, rate_hz: float = 1.0, storage: str = 'mcap',
+                  keep_fields: Sequence[str] = (), bag_per_scan: bool = False,
+                  overwrite: bool = False,
+                  start_ns: int = 1_700_000_000_000_000_000) -> ScanBags:
+    """Write PCD scans as rosbag2 PointCloud2 recordings (one bag, or one per scan).
+
+    PCD captures carry no stamp and no frame, so both are given here: stamps rise
+    at ``rate_hz`` from ``start_ns``, over the scans actually written. A scan that
+    cannot be read is logged and skipped; ValueError only when none can be. With
+    ``bag_per_scan``, ``out`` is a folder of bags named after the scans: scans of
+    different scenes must not share a bag, because ``p3d bags extract`` groups
+    clusters across the frames of one bag by position, and without /tf objects at
+    the same spot of two scenes would become one group. Every bag gets a
+    ``pcd_sources.json`` naming the scan of each stamp.
+    """
+    from p3d_perception.bagio import write_cloud_bag
+    from p3d_perception.cloud import CloudError, read_pcd
+    if not rate_hz > 0 or not math.isfinite(rate_hz):
+        raise ValueError(f'--rate must be > 0 Hz, got {rate_hz}')
+    files = collect_scans(scans)
+    if not files:
+        raise ValueError('no PCD scans given (files or folders holding *.pcd)')
+    period = max(1, int(round(1e9 / rate_hz)))
+    out = Path(out)
+    skipped: list[tuple[str, str]] = []
+    written: list[dict] = []
+    missing_warned: set[str] = set()
+
+    def read(path: Path):
+        try:
+            cloud = read_pcd(path)
+        except (CloudError, OSError) as exc:
+            log.warning('skipping scan %s: %s', path, exc)
+            skipped.append((str(path), str(exc)))
+            return None
+        for name in keep_fields:
+            if name not in cloud.fields and name not in missing_warned:
+                log.warning('%s has no field %r (fields: %s); bags carry it where present',
+                            path, name, ', '.join(cloud.fields) or 'x y z + colour only')
+                missing_warned.add(name)
+        return cloud
+
+    def clouds(paths: Sequence[Path], bag: Path):
+        for f in paths:
+            cloud = read(f)
+            if cloud is None:
+                continue
+            written.append({'bag': str(bag), 'source': str(f.resolve()), 'name': f.stem,
+                            'height': cloud.height, 'width': cloud.width,
+                            'colour': cloud.colors is not None,
+                            'fields': [k for k in cloud.fields if k in keep_fields]})
+            yield cloud
+
+    def write(bag: Path, paths: Sequence[Path], first: int) -> Path | None:
+        start = len(written)
+        try:
+            _, stamps = write_cloud_bag(
+                bag, clouds(paths, bag), topic=topic, frame_id=frame_id,
+                start_ns=start_ns + first * period, period_ns=period, storage=storage,
+                overwrite=overwrite, fields=tuple(keep_fields))
+        except ValueError:
+            if len(written) == start:      # every scan of this bag was skipped
+                return None
+            raise
+        for entry, st in zip(written[start:], stamps):
+            entry['stamp_ns'] = int(st)
+        side = {'version': 1, 'written_by': 'p3d bags from-pcd', 'topic': topic,
+                'frame_id': frame_id, 'rate_hz': rate_hz,
+                'scans': [{k: v for k, v in e.items() if k != 'bag'}
+                          for e in written[start:]]}
+        _write_text(bag / PCD_SOURCES, json.dumps(side, indent=2) + '\n')
+        return bag
+
+    bags: list[Path] = []
+    if bag_per_scan:
+        if out.exists() and not out.is_dir():
+            raise FileExistsError(f'{out} exists and is not a folder')
+        out.mkdir(parents=True, exist_ok=True)
+        for f, name in zip(files, _unique_names(files)):
+            bag = write(out / name, [f], len(written))
+            if bag is not None:
+                bags.append(bag)
+    else:
+        bag = write(out, files, 0)
+        if bag is not None:
+            bags.append(bag)
+    if not bags:
+        raise ValueError(f'none of the {len(files)} scan(s) could be read: '
+                         + '; '.join(f'{s}: {why}' for s, why in skipped[:3]))
+    log.info('%d scan(s) -> %d bag(s) in %s; %d skipped', len(written), len(bags), out,
+             len(skipped))
+    return ScanBags(bags=bags, scans=written, skipped=skipped)
+
+
+def read_pcd_sources(bag: str | Path) -> dict[int, dict]:
+    """stamp_ns -> scan entry of a bag written by :func:`scans_to_bags` ({} if none)."""
+    bag = Path(bag)
+    side = (bag if bag.is_dir() else bag.parent) / PCD_SOURCES
+    if not side.is_file():
+        return {}
+    try:
+        data = json.loads(side.read_text(encoding='utf-8'))
+        return {int(e['stamp_ns']): e for e in data['scans']}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f'{side} is unreadable ({exc}); write the bag again with '
+                           '`p3d bags from-pcd`') from exc
+
+
+# ------------------------------------------------------------------ labels from ground truth
+
+@dataclasses.dataclass
+class GroundTruthLabelling:
+    """What :func:`label_from_ground_truth` wrote into labels.csv."""
+
+    groups: int
+    labelled_groups: int
+    junk_groups: int
+    #: groups of an object whose label had used up its budget (left empty)
+    over_budget_groups: int
+    #: groups whose scan has no categories.json entry (left empty)
+    unknown_groups: int
+    clusters_per_label: dict[str, int]
+    path: Path
+
+
+def _scan_truth(paths: Sequence[Path], rules) -> dict[str, tuple]:
+    """scan path -> (object of each point or -1, [(label, name) per object])."""
+    from p3d_perception.training.real_eval import load_scenes
+    by_dir: dict[Path, set[str]] = collections.defaultdict(set)
+    for p in paths:
+        by_dir[p.parent].add(p.stem)
+    out: dict[str, tuple] = {}
+    for folder, stems in by_dir.items():
+        try:
+            scenes, _ = load_scenes([folder], rules, stems)
+        except ValueError as exc:     # ConfigError: no categories.json / no labelled scan
+            log.warning('%s: no ground truth (%s); its groups stay unlabelled', folder, exc)
+            continue
+        for s in scenes:
+            n = int(max((int(o.indices.max()) for o in s.objects), default=-1)) + 1
+            owner = np.full(max(n, 1), -1, np.int64)
+            for k, o in enumerate(s.objects):
+                owner[o.indices] = k
+            out[str(s.path.resolve())] = (owner, [(o.label, o.name) for o in s.objects])
+    return out
+
+
+def label_from_ground_truth(dataset: str | Path, rules: str | Path, *,
+                            scans: Sequence[str | Path] | None = None, max_per_label: int = 20,
+                            seed: int = 0, min_purity: float = 0.7, min_agreement: float = 0.7,
+                            command: str = '') -> GroundTruthLabelling:
+    """Fill labels.csv from the scans' ground truth, as a person with categories.json would.
+
+    For a dataset extracted from ``p3d bags from-pcd`` bags: each cluster's points are
+    looked up in its scan's per-point ground truth (``pcd_sources.json`` names the
+    scan of each stamp; ``scans`` folders replace the recorded paths where the scans
+    moved). A cluster is an object when at least ``min_purity`` of its points belong
+    to one; a group takes that object's label (the eval-real rule's first accepted
+    label) when ``min_agreement`` of its clusters agree, and ``-`` (junk) otherwise:
+    table remnants, merged objects, objects no rule names. Groups are visited in a
+    seeded random order, as a person skimming the page would, and a label stops being
+    written once it covers ``max_per_label`` clusters (0 = no limit), so the figure
+    says how little labelling was needed. Every label column is rewritten.
+    """
+    from p3d_perception.training.real_eval import load_config
+    if not 0.0 < min_purity <= 1.0 or not 0.0 < min_agreement <= 1.0:
+        raise ValueError('min_purity and min_agreement must be in (0, 1]')
+    if max_per_label < 0:
+        raise ValueError('--max-per-label must be >= 0 (0 = no limit)')
+    cfg = load_config(rules)
+    ds = load_dataset(dataset)
+    arrays = _load_arrays(ds.root)
+    if 'indices' not in arrays:
+        raise DatasetError(f'{ds.root} keeps no point indices (extracted by an older '
+                           'version); extract it again with `p3d bags extract ... --overwrite`')
+    off, point_idx = arrays['offsets'].astype(np.int64), arrays['indices']
+    moved = {}
+    for d in scans or ():
+        for f in collect_scans([d]):
+            moved.setdefault(f.stem, f)
+    sources: dict[str, dict[int, dict]] = {}
+    scan_of: dict[int, Path | None] = {}
+    for i, r in enumerate(ds.rows):
+        bag = r['bag']
+        if bag not in sources:
+            sources[bag] = read_pcd_sources(bag) if Path(bag).exists() else {}
+            if not sources[bag]:
+                log.warning('%s: no %s (not a `p3d bags from-pcd` bag, or moved); its '
+                            'groups stay unlabelled', bag, PCD_SOURCES)
+        entry = sources[bag].get(int(r['stamp_ns']))
+        if entry is None:
+            scan_of[i] = None
+        elif entry['name'] in moved:
+            scan_of[i] = moved[entry['name']]
+        else:
+            scan_of[i] = Path(entry['source'])
+    truth = _scan_truth(sorted({p for p in scan_of.values() if p is not None}), cfg)
+    found: dict[int, list[str | None]] = collections.defaultdict(list)
+    for i, r in enumerate(ds.rows):
+        scan = scan_of[i]
+        gt = truth.get(str(scan.resolve())) if scan is not None else None
+        if gt is None:
+            found[int(r['group_id'])].append(None)         # nobody knows what it is
+            continue
+        owner, objects = gt
+        idx = point_idx[off[i]:off[i + 1]].astype(np.int64)
+        ids = np.where(idx < len(owner), owner[np.minimum(idx, len(owner) - 1)], -1)
+        vals, counts = np.unique(ids, return_counts=True)
+        top = int(vals[np.argmax(counts)])
+        purity = counts.max() / max(len(ids), 1)
+        found[int(r['group_id'])].append(
+            objects[top][0] if top >= 0 and purity >= min_purity else '-')
+    size = {g: len(v) for g, v in found.items()}
+    rng = np.random.default_rng(seed)
+    budget: collections.Counter = collections.Counter()
+    chosen: dict[int, str] = {}
+    junk = over = unknown = 0
+    for gid in rng.permutation(sorted(found)).tolist():
+        votes = found[gid]
+        if all(v is None for v in votes):
+            unknown += 1
+            continue
+        label, n = collections.Counter(v for v in votes if v is not None).most_common(1)[0]
+        if label == '-' or n < min_agreement * len(votes):
+            chosen[gid] = '-'
+            junk += 1
+            continue
+        if max_per_label and budget[label] + size[gid] > max_per_label:
+            over += 1
+            continue
+        budget[label] += size[gid]
+        chosen[gid] = label
+    path = ds.labels_csv
+    with open(path, newline='', encoding='utf-8-sig') as fh:
+        reader = csv.DictReader(fh)
+        columns = list(reader.fieldnames or LABEL_COLUMNS)
+        table = list(reader)
+    for row in table:
+        row['label'] = chosen.get(int(row['group_id']), '')
+    _write_text(path, _csv_text(columns, ([row.get(c, '') for c in columns] for row in table)))
+    meta = dict(ds.meta)
+    labelled = sum(1 for v in chosen.values() if v != '-')
+    meta.setdefault('counts', {})['labelled_groups'] = labelled
+    meta['history'] = list(meta.get('history') or []) + [
+        {'step': 'label-from-gt', 'time': _now(), 'command': command, 'rules': str(rules),
+         'max_per_label': max_per_label, 'seed': seed, 'min_purity': min_purity,
+         'min_agreement': min_agreement, 'clusters_per_label': dict(sorted(budget.items())),
+         'junk_groups': junk, 'over_budget_groups': over, 'unknown_groups': unknown}]
+    _write_text(ds.root / META_JSON, json.dumps(meta, indent=2) + '\n')
+    log.info('%s: %d group(s) labelled (%s), %d junk, %d over budget, %d without ground truth',
+             path, labelled, ', '.join(f'{k} {v}' for k, v in sorted(budget.items())), junk,
+             over, unknown)
+    return GroundTruthLabelling(groups=len(found), labelled_groups=labelled, junk_groups=junk,
+                                over_budget_groups=over, unknown_groups=unknown,
+                                clusters_per_label=dict(sorted(budget.items())), path=path)

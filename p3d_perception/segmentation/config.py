@@ -62,7 +62,8 @@ class SegmentationConfig:
     cluster_tolerance: float = 0.012  #: neighbour gap at 1 m range (m); grows linearly with range
     concave_cut: bool = True          #: cut at concave creases (splits stacked/touching objects)
     crease_radius: float = 0.012      #: neighbourhood radius of the crease test (m)
-    crease_threshold: float = 0.12    #: crease when (mean - point).normal > this * radius
+    crease_threshold: float = 0.08    #: crease when (mean - point).normal > this * radius
+    crease_dilate: int = 1            #: pixels the crease cut is widened by (closes gaps in it)
     min_cluster_points: int = 150     #: clusters with fewer input points are dropped
     max_cluster_points: int = 0       #: clusters with more input points are dropped (0 = off)
     min_cluster_size: float = 0.02    #: clusters whose largest side is shorter are dropped (m)
@@ -90,6 +91,9 @@ class SegmentationConfig:
                 a >= b for a, b in zip(self.crop_min, self.crop_max)):
             raise ConfigError(f'segmentation.crop_min {self.crop_min} must be below crop_max '
                               f'{self.crop_max} on every axis')
+        if self.crease_dilate < 0:
+            raise ConfigError(f'segmentation.crease_dilate must be >= 0, got '
+                              f'{self.crease_dilate}')
         if self.organized_stride < 1:
             raise ConfigError(f'segmentation.organized_stride must be >= 1, got '
                               f'{self.organized_stride}')

@@ -17,6 +17,9 @@ from p3d_perception.segmentation.config import SegmentationConfig
 from p3d_perception.segmentation.geometry import _dot3, _norm3
 
 
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
+
+
 def _shift(a: np.ndarray, dv: int, du: int, fill) -> np.ndarray:
     """a shifted so that out[v, u] = a[v + dv, u + du] (``fill`` outside)."""
     out = np.full_like(a, fill)
@@ -90,7 +93,12 @@ def _grid_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
     cut[:-1] |= ~ok_d
     cut[-1] = True
     if cfg.concave_cut:
-        cut |= _creases(grid, cand, valid, rng_, cfg, stride)
+        crease = _creases(grid, cand, valid, rng_, cfg, stride)
+        if cfg.crease_dilate:
+            # a crease line found with one-pixel gaps in it would not separate
+            # anything: 4-connected components leak through any gap
+            crease = ndimage.binary_dilation(crease, _CROSS, iterations=cfg.crease_dilate)
+        cut |= crease
     core = cand & ~cut
     timings['cuts'] = (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()

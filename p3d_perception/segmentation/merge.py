@@ -29,6 +29,17 @@ class _Piece(NamedTuple):
 
 def _merge_parts(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
                  cfg: SegmentationConfig) -> np.ndarray:
+    """Containers first, then handles against the whole containers.
+
+    A handle is judged against its body's size; the wall behind a handle is
+    often a piece of its own until the container step joins it to the body.
+    """
+    labels = _merge_stage(points, labels, plane, cfg, 'containers')
+    return _merge_stage(points, labels, plane, cfg, 'handles')
+
+
+def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
+                 cfg: SegmentationConfig, stage: str) -> np.ndarray:
     """Rejoin what the cuts split off an object: a container's inside, a handle.
 
     The inner wall meets the floor of a container in a concave crease, and the
@@ -102,7 +113,7 @@ def _merge_parts(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
         sd = np.sqrt(np.maximum(var, 0))
         # thin across, and the thin axis lies flat (a phone or plate lying beside an
         # object is thin along the vertical)
-        return bool(sd[0] < 0.25 * sd[2] and sd[0] < 0.006 and abs(vec[:, 0] @ n) < 0.5)
+        return bool(sd[0] < 0.25 * sd[2] and sd[0] < 0.008 and abs(vec[:, 0] @ n) < 0.5)
 
     trees: dict[int, cKDTree] = {}
 
@@ -127,8 +138,9 @@ def _merge_parts(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
             dist = gap(i, j, link)
             if dist > link:
                 continue
-            if seen_through_opening(a, b) or seen_through_opening(b, a):
-                parent[root(j)] = root(i)
+            if stage == 'containers':
+                if seen_through_opening(a, b) or seen_through_opening(b, a):
+                    parent[root(j)] = root(i)
             elif is_handle(b, a) and dist < handle_of.get(j, (np.inf, -1))[0]:
                 handle_of[j] = (dist, i)
     for j, (_, i) in handle_of.items():

@@ -28,6 +28,7 @@ BENCHMARKS = {
     'finetune': 'finetune',         # the "new robot" adaptation proof
     'robustness': 'robustness',     # fuzzed inputs, corrupt files, damaged bags: no crash
     'real-recognition': 'real_recognition',  # real scans, cross-validated real-data step
+    'finetune-real': 'finetune_real',  # PCD -> bag -> labels -> finetune -> eval-real
 }
 
 

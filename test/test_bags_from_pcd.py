@@ -148,6 +148,7 @@ def test_contact_sheet_puts_the_colour_picture_beside_the_point_view(tmp_path):
     both = matplotlib.image.imread(B.write_contact_sheets(tmp_path / 'b', groups, thumbs,
                                                           crops)[0])
     assert both.shape[1] > plain.shape[1]
+
     def red(img):
         return (img[..., 0] > 0.7) & (img[..., 1] < 0.2)
     assert red(both).sum() >= 3 * 100 * 100 and not red(plain).any()

@@ -29,7 +29,8 @@ def test_tiny_finetune_real_runs_the_user_path(tmp_path, make_tiny_model, mosd_d
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = main(['bench', 'finetune-real', '--learn', str(mosd_dir), '--learn-scenes',
-                   'learn3', 'learn33', '--test', str(clutter), '--test-scenes', 'test44', 'test46',
+                   'learn3', 'learn33', '--test', str(clutter),
+                   '--test-scenes', 'test44', 'test46',
                    '--model', str(model), '--steps', '3', '--ssl-steps', '2',
                    '--known-views', '1', '--work', str(tmp_path / 'work'),
                    '--json-out', str(out)])

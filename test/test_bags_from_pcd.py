@@ -215,6 +215,10 @@ def test_labels_from_ground_truth_parse_and_keep_groups(real_dataset, tmp_path):
     counts = {lab: sum(v == lab for v in per_cluster.values()) for lab in real}
     assert all(n == 1 for n in counts.values())
     assert ds.meta['history'][-1]['step'] == 'label-from-gt'
+    import html
+    page = (ds_dir / 'index.html').read_text()      # the page shows what was written
+    lines = (ds_dir / 'labels.csv').read_text().splitlines()[1:]
+    assert all(html.escape(line) in page for line in lines)
     # a bigger budget labels more, and the same seed gives the same file
     B.label_from_ground_truth(ds_dir, RULES, max_per_label=0)
     full = B.read_group_labels(ds.labels_csv)

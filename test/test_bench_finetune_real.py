@@ -55,6 +55,9 @@ def test_tiny_finetune_real_runs_the_user_path(tmp_path, make_tiny_model, mosd_d
     nl = r['nearest_labelled']
     assert nl['labelled_clusters'] == sum(ds['labelled_clusters_per_label'].values())
     assert 0.0 <= nl['nearest_neighbour']['top1'] <= 1.0
+    prop = r['proposals_on_learn_groups']
+    assert prop['groups'] == ds['groups'] - ds['junk_groups']
+    assert prop['accept_above_0']['prefilled_share'] == 1.0
     known = r['known_synthetic']
     assert known['views'] == 2 and 'drop_points' in known
     assert r['finetune']['steps_run'] <= 3 and r['finetune']['ssl']['steps'] == 2

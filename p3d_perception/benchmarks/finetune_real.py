@@ -152,6 +152,31 @@ def known_top1(models: dict[str, Path], categories: list[str], views: int, seed:
     return out
 
 
+def proposal_figures(labels_csv: Path, truth: dict[int, tuple[str, frozenset]],
+                     thresholds=(0.0, 0.3, 0.5, 0.8)) -> dict:
+    """How far ``--accept-above S`` would carry a person: groups pre-filled, and how right.
+
+    Over the groups that are one object: the share whose proposal scores at least S
+    (what ``p3d bags extract --accept-above S`` pre-fills) and the share of those whose
+    proposal their object's rule accepts.
+    """
+    import csv
+    with open(labels_csv, newline='', encoding='utf-8') as fh:
+        rows = {int(r['group_id']): r for r in csv.DictReader(fh)}
+    scores = np.array([float(rows[g]['proposed_score']) for g in truth])
+    right = np.array([rows[g]['proposed_label'] in acc for g, (_, acc) in truth.items()])
+    out = {'groups': len(truth),
+           'score_percentiles_10_50_90': [round(float(x), 3) for x in
+                                          np.percentile(scores, [10, 50, 90])]
+           if len(scores) else []}
+    for t in thresholds:
+        sel = scores >= t
+        out[f'accept_above_{t:g}'] = {
+            'prefilled_share': round(float(sel.mean()), 4) if len(sel) else 0.0,
+            'precision': round(float(right[sel].mean()), 4) if sel.any() else None}
+    return out
+
+
 def _summary(report: dict, modes) -> dict:
     out = {}
     for m in modes:
@@ -206,6 +231,7 @@ def run(args: argparse.Namespace) -> dict:
     labelled = label_from_ground_truth(dataset, rules, max_per_label=args.labels_per_class,
                                        seed=args.seed, command='p3d bench finetune-real')
     times['label_s'] = round(time.time() - t0, 1)
+    proposals = proposal_figures(labelled.path, labelled.truth)
     _say(f'labels: {labelled.labelled_groups} of {labelled.groups} groups labelled '
          f'({labelled.clusters_per_label}), {labelled.junk_groups} junk, '
          f'{labelled.over_budget_groups} over budget')
@@ -268,6 +294,7 @@ def run(args: argparse.Namespace) -> dict:
                     'junk_groups': labelled.junk_groups,
                     'over_budget_groups': labelled.over_budget_groups,
                     'labelled_clusters_per_label': labelled.clusters_per_label},
+        'proposals_on_learn_groups': proposals,
         'baselines': evals['before']['baselines'],
         'before': _summary(evals['before'], args.modes),
         'after': _summary(evals['after'], args.modes),

@@ -1405,10 +1405,13 @@ class GroundTruthLabelling:
     unknown_groups: int
     clusters_per_label: dict[str, int]
     path: Path
+    #: group -> (label, labels its rule accepts) for every group that is one object,
+    #: labelled or not (to score proposals against)
+    truth: dict[int, tuple[str, frozenset]] = dataclasses.field(default_factory=dict)
 
 
 def _scan_truth(paths: Sequence[Path], rules) -> dict[str, tuple]:
-    """scan path -> (object of each point or -1, [(label, name) per object])."""
+    """scan path -> (object of each point or -1, [(label, accepted labels) per object])."""
     from p3d_perception.training.real_eval import load_scenes
     by_dir: dict[Path, set[str]] = collections.defaultdict(set)
     for p in paths:
@@ -1425,7 +1428,7 @@ def _scan_truth(paths: Sequence[Path], rules) -> dict[str, tuple]:
             owner = np.full(max(n, 1), -1, np.int64)
             for k, o in enumerate(s.objects):
                 owner[o.indices] = k
-            out[str(s.path.resolve())] = (owner, [(o.label, o.name) for o in s.objects])
+            out[str(s.path.resolve())] = (owner, [(o.label, o.accept) for o in s.objects])
     return out
 
 
@@ -1479,7 +1482,8 @@ def label_from_ground_truth(dataset: str | Path, rules: str | Path, *,
         else:
             scan_of[i] = Path(entry['source'])
     truth = _scan_truth(sorted({p for p in scan_of.values() if p is not None}), cfg)
-    found: dict[int, list[str | None]] = collections.defaultdict(list)
+    #: per group, per cluster: (label, accepted labels), ('-', {}) or None (no truth)
+    found: dict[int, list[tuple[str, frozenset] | None]] = collections.defaultdict(list)
     for i, r in enumerate(ds.rows):
         scan = scan_of[i]
         gt = truth.get(str(scan.resolve())) if scan is not None else None
@@ -1493,22 +1497,24 @@ def label_from_ground_truth(dataset: str | Path, rules: str | Path, *,
         top = int(vals[np.argmax(counts)])
         purity = counts.max() / max(len(ids), 1)
         found[int(r['group_id'])].append(
-            objects[top][0] if top >= 0 and purity >= min_purity else '-')
+            objects[top] if top >= 0 and purity >= min_purity else ('-', frozenset()))
     size = {g: len(v) for g, v in found.items()}
     rng = np.random.default_rng(seed)
     budget: collections.Counter = collections.Counter()
     chosen: dict[int, str] = {}
     junk = over = unknown = 0
+    truth: dict[int, tuple[str, frozenset]] = {}
     for gid in rng.permutation(sorted(found)).tolist():
         votes = found[gid]
         if all(v is None for v in votes):
             unknown += 1
             continue
-        label, n = collections.Counter(v for v in votes if v is not None).most_common(1)[0]
+        label, n = collections.Counter(v[0] for v in votes if v is not None).most_common(1)[0]
         if label == '-' or n < min_agreement * len(votes):
             chosen[gid] = '-'
             junk += 1
             continue
+        truth[gid] = next(v for v in votes if v is not None and v[0] == label)
         if max_per_label and budget[label] + size[gid] > max_per_label:
             over += 1
             continue
@@ -1522,6 +1528,9 @@ def label_from_ground_truth(dataset: str | Path, rules: str | Path, *,
     for row in table:
         row['label'] = chosen.get(int(row['group_id']), '')
     _write_text(path, _csv_text(columns, ([row.get(c, '') for c in columns] for row in table)))
+    if all(k in columns for k in LABEL_COLUMNS):     # the page shows the labels written
+        write_index_html(ds.root, table, ds.rows, arrays['thumbnails'], ds.meta,
+                         _crops(arrays))
     meta = dict(ds.meta)
     labelled = sum(1 for v in chosen.values() if v != '-')
     meta.setdefault('counts', {})['labelled_groups'] = labelled
@@ -1536,4 +1545,5 @@ def label_from_ground_truth(dataset: str | Path, rules: str | Path, *,
              over, unknown)
     return GroundTruthLabelling(groups=len(found), labelled_groups=labelled, junk_groups=junk,
                                 over_budget_groups=over, unknown_groups=unknown,
-                                clusters_per_label=dict(sorted(budget.items())), path=path)
+                                clusters_per_label=dict(sorted(budget.items())), path=path,
+                                truth=truth)

@@ -245,3 +245,14 @@ def test_label_from_gt_needs_from_pcd_bags(real_dataset, tmp_path):
     (ds_dir / 'clusters.csv').write_text(text)
     r = B.label_from_ground_truth(ds_dir, RULES)
     assert r.labelled_groups == 0 and r.unknown_groups == r.groups
+
+
+def test_extract_warns_when_every_skips_pcd_captures(scan_dir, tmp_path, make_tiny_model,
+                                                     caplog):
+    made = B.scans_to_bags([scan_dir], tmp_path / 'bag')
+    model = make_tiny_model(tmp_path / 'tiny', vocabulary=['mug', 'bowl'])
+    with caplog.at_level('WARNING', logger='p3d_perception.training.bags'):
+        summary = B.extract_dataset(made.bags, tmp_path / 'ds', every=2, model=model,
+                                    device='cpu', progress=False)
+    assert 'written from PCD scans' in caplog.text and '--every 1 uses all' in caplog.text
+    assert summary.clouds_read == 3 and summary.clouds_used == 2

@@ -80,8 +80,13 @@ def starting_model(requested: str | None, test_dir: Path) -> tuple[Path, str]:
     steps = (read_card(bundled).get('training') or {}).get('finetunes') or []
     seen = [s for s in steps if test_dir.name in str(s.get('scans', ''))]
     if seen:
-        return Path(seen[0]['from']), (f'the bundled model {bundled.name} was fine-tuned on '
-                                       f'{test_dir.name}; starting from its base')
+        base = Path(seen[0]['from'])
+        if not base.is_dir():
+            raise ValueError(f'the bundled model {bundled} was fine-tuned on {test_dir.name}, '
+                             f'and the model it started from ({base}) is not here; pass '
+                             '--model with a model that never saw the test scans')
+        return base, (f'the bundled model {bundled.name} was fine-tuned on {test_dir.name}; '
+                      'starting from its base')
     return Path(bundled), 'bundled'
 
 

@@ -924,6 +924,10 @@ def extract_dataset(bags: Sequence[str | Path], out: str | Path, *, topic: str |
             skipped_topics[str(path)] = why
             continue
         plan.append((path, t, topics))
+        if every > 1 and path.is_dir() and (path / PCD_SOURCES).is_file():
+            log.warning('%s was written from PCD scans (each message a separate capture); '
+                        '--every %d uses only every %d-th of them (--every 1 uses all)',
+                        path, every, every)
     if not plan:
         raise DatasetError(_nothing_read(bags, report, skipped_topics))
 

@@ -1485,12 +1485,12 @@ def label_from_ground_truth(dataset: str | Path, rules: str | Path, *,
             scan_of[i] = moved[entry['name']]
         else:
             scan_of[i] = Path(entry['source'])
-    truth = _scan_truth(sorted({p for p in scan_of.values() if p is not None}), cfg)
+    scan_truth = _scan_truth(sorted({p for p in scan_of.values() if p is not None}), cfg)
     #: per group, per cluster: (label, accepted labels), ('-', {}) or None (no truth)
     found: dict[int, list[tuple[str, frozenset] | None]] = collections.defaultdict(list)
     for i, r in enumerate(ds.rows):
         scan = scan_of[i]
-        gt = truth.get(str(scan.resolve())) if scan is not None else None
+        gt = scan_truth.get(str(scan.resolve())) if scan is not None else None
         if gt is None:
             found[int(r['group_id'])].append(None)         # nobody knows what it is
             continue

@@ -48,6 +48,9 @@ def test_tiny_finetune_real_runs_the_user_path(tmp_path, make_tiny_model, mosd_d
         for mode in ('gt', 'pipeline'):
             assert 0.0 <= r[when][mode]['top1'] <= 1.0
             assert r[when][mode]['objects'] == r['test_objects'] == 10
+            split = r[when][mode]
+            assert split['other_classes']['classes'] == ['can']     # test46's can
+            assert split['labelled_classes']['objects'] == 9        # boxes and tins
     assert 0.0 <= r['after']['pipeline']['found'] <= 1.0
     # the imprinted prototypes and the example cache carry the labels even after three
     # steps: an untrained model that knows none of them gains on the labelled categories

@@ -1476,8 +1476,9 @@ def label_from_ground_truth(dataset: str | Path, rules: str | Path, *,
         if bag not in sources:
             sources[bag] = read_pcd_sources(bag) if Path(bag).exists() else {}
             if not sources[bag]:
-                log.warning('%s: no %s (not a `p3d bags from-pcd` bag, or moved); its '
-                            'groups stay unlabelled', bag, PCD_SOURCES)
+                log.warning('%s: no %s (not a `p3d bags from-pcd` bag, or moved: bag paths '
+                            'are kept as given to `p3d bags extract`, relative to where it '
+                            'ran); its groups stay unlabelled', bag, PCD_SOURCES)
         entry = sources[bag].get(int(r['stamp_ns']))
         if entry is None:
             scan_of[i] = None

@@ -19,6 +19,7 @@ defines what a score *means* so that thresholds are portable:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 import logging
 import threading
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ UNKNOWN = 'unknown'
 QUERY_TEMPERATURE = 0.05
 QUERY_NULL_SIMILARITY = 0.40
 MAX_BATCH = 256
+#: query texts whose features are kept
+QUERY_CACHE = 256
 
 
 @dataclass
@@ -102,6 +105,8 @@ class Recognizer:
         self._proto_cache: dict[str, torch.Tensor] = {}
         self._cache = None
         self._lock = threading.RLock()
+        self._qlock = threading.Lock()
+        self._qcache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._rng_seed = 0
         self._up_rot: np.ndarray | None = None
         if up is not None:
@@ -343,6 +348,25 @@ class Recognizer:
         return out
 
     # ------------------------------------------------------------------ queries
+    def _query_feature(self, q: str) -> torch.Tensor:
+        """The query's text feature, remembered for the last QUERY_CACHE texts.
+
+        A robot asks the same few questions over and over; the text encoder is most of
+        a query's cost. Computed outside the recognizer lock, so a frame being
+        classified need not wait for it.
+        """
+        with self._qlock:
+            hit = self._qcache.get(q)
+            if hit is not None:
+                self._qcache.move_to_end(q)
+                return hit
+        feat = self._space.query_feature(q).float()
+        with self._qlock:
+            self._qcache[q] = feat
+            while len(self._qcache) > QUERY_CACHE:
+                self._qcache.popitem(last=False)
+        return feat
+
     def score_query(self, text: str, embeddings: np.ndarray) -> np.ndarray:
         """(K,) scores in [0, 1]: how well each stored object matches a free-text query.
 
@@ -367,10 +391,9 @@ class Recognizer:
             return np.zeros(0, np.float32)
         e = F.normalize(torch.from_numpy(emb), dim=-1)
         q = _canonical(text)
-        # outside the lock: a frame being classified need not wait for the text encoder
-        _, qp = self._space.query_features(q)
+        qp = self._query_feature(q)
         with self._lock:
             probs = self.label_probs(e)                              # (K, V)
-            sim = torch.cat([self._plain @ qp.float(), torch.tensor([QUERY_NULL_SIMILARITY])])
+            sim = torch.cat([self._plain @ qp, torch.tensor([QUERY_NULL_SIMILARITY])])
             w = (sim / QUERY_TEMPERATURE).softmax(dim=0)[:-1]       # (V,)
         return (probs @ w).clamp(0, 1).numpy().astype(np.float32)

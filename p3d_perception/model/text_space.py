@@ -58,7 +58,6 @@ TEMPLATES = (
 #: catalogue labels and typical queries; four reach 0.989 but double the cost): a free-text
 #: query is embedded with these and its plain sentence in one encoder call, which keeps
 #: /query_object within ~15 ms on a 2-core CPU.
-QUERY_TEMPLATES = ('a photo of a {}.', 'a point cloud of a {}.')
 
 #: cached text features beyond this are dropped oldest first (free-text queries are
 #: unbounded; a long-running node must not grow with them)
@@ -166,11 +165,13 @@ class TextSpace(nn.Module):
                   for label in labels]
         return group_means(self.encode([t for g in groups for t in g]), groups)
 
-    def query_features(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prototype, plain) features of a free-text query from one encoder call."""
-        text = _canonical(text)
-        feats = self.encode([t.format(text) for t in QUERY_TEMPLATES] + [text])
-        return F.normalize(feats[:-1].mean(dim=0), dim=-1), feats[-1]
+    def query_feature(self, text: str) -> torch.Tensor:
+        """The plain (template-free) feature of a free-text query.
+
+        Queries are routed to labels by comparing plain sentence features: templates
+        inflate every similarity, and one text is one short encoder call.
+        """
+        return self.encode([_canonical(text)])[0]
 
     def freeze(self) -> 'TextSpace':
         for p in self.parameters():

@@ -64,6 +64,12 @@ class SegmentationConfig:
     crease_radius: float = 0.012      #: neighbourhood radius of the crease test (m)
     crease_threshold: float = 0.08    #: crease when (mean - point).normal > this * radius
     crease_dilate: int = 1            #: pixels the crease cut is widened by (closes gaps in it)
+    #: shallow creases where the surface turns and the colour changes cut too (needs rgb;
+    #: splits touching boxes of different print, and also jar lids of another colour)
+    colour_cut: bool = False
+    #: concavity (as crease_threshold) that cuts where the colour also changes
+    colour_crease_threshold: float = 0.0
+    colour_threshold: float = 0.35    #: RGB distance (0-1 scale) that counts as a colour change
     min_cluster_points: int = 150     #: clusters with fewer input points are dropped
     max_cluster_points: int = 0       #: clusters with more input points are dropped (0 = off)
     min_cluster_size: float = 0.02    #: clusters whose largest side is shorter are dropped (m)

@@ -8,6 +8,7 @@ grid, so this is the fast path.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -50,7 +51,7 @@ def _box_mean(grid: np.ndarray, valid: np.ndarray, radius: int) -> tuple[np.ndar
 
 def _organized_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
                       cfg: SegmentationConfig, stride: int,
-                      timings: dict) -> np.ndarray:
+                      timings: dict, colors: np.ndarray | None = None) -> np.ndarray:
     """Connected components on the pixel grid cut at depth gaps and concave creases.
 
     Work happens inside the bounding box of the candidate pixels (plus a margin for
@@ -64,12 +65,14 @@ def _organized_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
     box = (slice(max(rows[0] - m, 0), rows[-1] + m + 1), slice(max(cols[0] - m, 0),
                                                                cols[-1] + m + 1))
     labels_full[box] = _grid_labels(np.ascontiguousarray(grid[box]), cand[box], valid[box],
-                                    cfg, stride, timings)
+                                    cfg, stride, timings,
+                                    None if colors is None else colors[box])
     return labels_full
 
 
 def _grid_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
-                 cfg: SegmentationConfig, stride: int, timings: dict) -> np.ndarray:
+                 cfg: SegmentationConfig, stride: int, timings: dict,
+                 colors: np.ndarray | None = None) -> np.ndarray:
     """Components of the candidate pixels; cut pixels rejoin a close neighbour after.
 
     Depth-gap tests become two edge masks (right, down) computed once by slicing, and
@@ -93,7 +96,17 @@ def _grid_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
     cut[:-1] |= ~ok_d
     cut[-1] = True
     if cfg.concave_cut:
-        crease = _creases(grid, cand, valid, rng_, cfg, stride)
+        conc, r_px, normals = _creases(grid, cand, valid, rng_, cfg, stride)
+        with np.errstate(invalid='ignore'):
+            crease = conc > cfg.crease_threshold
+            if colors is not None and cfg.colour_cut:
+                # a shallow valley alone is surface noise or a dent; where the
+                # surface also turns and the colour changes across it, two objects
+                # meet (a print edge or a jar's lid changes colour, not direction)
+                weak = (conc > cfg.colour_crease_threshold) & cand
+                weak &= _normal_turn(normals, r_px, math.cos(math.radians(20)))
+                weak &= _colour_edges(colors, valid, r_px, cfg.colour_threshold)
+                crease |= weak
         if cfg.crease_dilate:
             # a crease line found with one-pixel gaps in it would not separate
             # anything: 4-connected components leak through any gap
@@ -128,8 +141,12 @@ def _grid_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
 
 
 def _creases(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray, rng_: np.ndarray,
-             cfg: SegmentationConfig, stride: int) -> np.ndarray:
-    """Concave-crease pixels: the neighbourhood mean lies on the open side of the surface."""
+             cfg: SegmentationConfig, stride: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """Concavity per pixel (NaN where too few neighbours), window radius in pixels, normals.
+
+    A pixel is concave when its neighbourhood mean lies on the open side of the
+    surface: ``(mean - point) . normal / crease_radius``.
+    """
     # pixel radius matching crease_radius at the candidates' median range
     med = float(np.nanmedian(rng_[cand])) if cand.any() else 1.0
     focal_px = _focal_estimate(grid, valid) / stride
@@ -146,7 +163,34 @@ def _creases(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray, rng_: np.nda
         flip = _dot3(np.asarray(cfg.viewpoint, np.float32) - small, nt) < 0
         n[flip] *= -1
         conc = _dot3(big - small, nt) / cfg.crease_radius
-        return (conc > cfg.crease_threshold) & (cnt > 0.5 * (2 * r_px + 1) ** 2)
+        conc[~(cnt > 0.5 * (2 * r_px + 1) ** 2)] = np.nan
+        return conc, r_px, n
+
+
+def _normal_turn(normals: np.ndarray, r_px: int, cos_max: float) -> np.ndarray:
+    """Pixels where the surface normals r_px to either side differ by more than acos(cos_max)."""
+    turn = np.zeros(normals.shape[:2], dtype=bool)
+    with np.errstate(invalid='ignore'):
+        for dv, du in ((0, r_px), (r_px, 0)):
+            a = _shift(normals, dv, du, np.nan)
+            b = _shift(normals, -dv, -du, np.nan)
+            turn |= _dot3(a, b.transpose(2, 0, 1)) < cos_max
+    return turn
+
+
+def _colour_edges(colors: np.ndarray, valid: np.ndarray, r_px: int,
+                  threshold: float) -> np.ndarray:
+    """Pixels whose two sides (r_px away, across or along) differ in colour.
+
+    Colours are 3x3 means of valid pixels in [0, 1] RGB, compared by Euclidean
+    distance, on the same scale as the crease test so the two cues line up.
+    """
+    c, _ = _box_mean(colors.astype(np.float32) * np.float32(1 / 255), valid, 1)
+    best = np.zeros(valid.shape, dtype=np.float32)
+    for dv, du in ((0, r_px), (r_px, 0)):
+        d = _norm3(_shift(c, dv, du, np.nan) - _shift(c, -dv, -du, np.nan))
+        np.fmax(best, d, out=best)
+    return best > threshold
 
 
 def _focal_estimate(grid: np.ndarray, valid: np.ndarray) -> float:

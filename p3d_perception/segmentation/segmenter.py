@@ -100,7 +100,9 @@ class Segmenter:
             sub = np.ascontiguousarray(grid[::s, ::s])
             sub_keep = keep.reshape(h, w)[::s, ::s]
             sub_valid = in_range.reshape(h, w)[::s, ::s]
-            sub_labels = _organized_labels(sub, sub_keep, sub_valid, cfg, s, timings)
+            sub_col = (None if cloud.colors is None
+                       else np.ascontiguousarray(cloud.colors.reshape(h, w, 3)[::s, ::s]))
+            sub_labels = _organized_labels(sub, sub_keep, sub_valid, cfg, s, timings, sub_col)
             t0 = time.perf_counter()
             if s == 1:
                 labels = sub_labels.reshape(-1).astype(np.int32)
@@ -118,10 +120,15 @@ class Segmenter:
                 flat_keep = np.zeros(view.height * view.width, dtype=bool)
                 shown = view.owner >= 0
                 flat_keep[shown] = keep[view.owner[shown]]
+                grid_col = None
+                if cloud.colors is not None:
+                    grid_col = np.zeros((view.height * view.width, 3), dtype=np.uint8)
+                    grid_col[shown] = cloud.colors[view.owner[shown]]
+                    grid_col = grid_col.reshape(view.height, view.width, 3)
                 grid_labels = _organized_labels(
                     view.grid, flat_keep.reshape(view.height, view.width),
                     shown.reshape(view.height, view.width),
-                    replace(cfg, viewpoint=(0.0, 0.0, 0.0)), 1, timings)
+                    replace(cfg, viewpoint=(0.0, 0.0, 0.0)), 1, timings, grid_col)
                 t0 = time.perf_counter()
                 labels = labels_from_grid(view, grid_labels, pts, keep,
                                           cfg.cluster_tolerance, cfg.viewpoint)

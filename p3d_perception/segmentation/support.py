@@ -30,8 +30,14 @@ def _refit(points: np.ndarray, n: np.ndarray, d: float, thr: float,
 
 
 def _ransac_planes(points: np.ndarray, cfg: SegmentationConfig, rng: np.random.Generator,
-                   count: int) -> list[tuple[np.ndarray, float, np.ndarray]]:
-    """Up to ``count`` horizontal-ish planes, largest first, each with its inlier mask."""
+                   count: int, keep_after: int = 0,
+                   min_share: float = 0.0) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """Up to ``count`` horizontal-ish planes, largest first, each with its inlier mask.
+
+    After ``keep_after`` planes, the search stops at the first plane with fewer
+    than ``min_share`` of the largest one's inliers: the support choice ignores
+    such planes, and each further plane costs a RANSAC round.
+    """
     up = _unit(cfg.up) if cfg.up is not None else _unit(OPTICAL_UP_HINT)
     view = np.asarray(cfg.viewpoint, dtype=np.float64)
     cos_tol = math.cos(math.radians(cfg.up_tolerance_deg))
@@ -66,6 +72,8 @@ def _ransac_planes(points: np.ndarray, cfg: SegmentationConfig, rng: np.random.G
         best = int(top[np.argmax((dist < cfg.plane_distance).sum(axis=0))])
         bn, bd, inl_sub = _refit(sub, n[best], float(d[best]), cfg.plane_distance)
         if bn @ up < cos_tol or inl_sub.sum() < cfg.plane_min_points:
+            break
+        if len(planes) >= max(keep_after, 1) and inl_sub.sum() < min_share * planes[0][2].sum():
             break
         mask = np.zeros(len(points), dtype=bool)
         mask[idx[inl_sub]] = True
@@ -181,7 +189,8 @@ def find_support_planes(points: np.ndarray, cfg: SegmentationConfig,
         rest = pts[np.abs(pts @ support[:3] + support[3]) >= cfg.plane_distance]
         others = _ransac_planes(rest, cfg, rng, cfg.num_planes - 1)
         return [support] + [np.array([*n, d]) for n, d, _ in others]
-    found = _ransac_planes(pts, cfg, rng, max(cfg.num_planes, 5))
+    found = _ransac_planes(pts, cfg, rng, max(cfg.num_planes, 5), keep_after=cfg.num_planes,
+                           min_share=0.1)
     if not found:
         return []
     best = choose_support(found, pts, cfg)

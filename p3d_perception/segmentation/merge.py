@@ -105,15 +105,26 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
         inside = (q @ hull.equations[:, :2].T + hull.equations[:, 2] <= -0.5 * rim).all(axis=1)
         return bool(inside.mean() >= 0.6)
 
-    def is_handle(f: _Piece, body: _Piece) -> bool:
+    slab: dict[int, bool] = {}
+
+    def handle_shaped(j: int) -> bool:
+        """Thin across, with the thin axis lying flat.
+
+        A phone or a plate lying beside an object is thin along the vertical.
+        """
+        if j not in slab:
+            f = pieces[j]
+            c = f.points - f.points.mean(axis=0)
+            var, vec = np.linalg.eigh(c.T @ c / len(c))
+            sd = np.sqrt(np.maximum(var, 0))
+            slab[j] = bool(sd[0] < 0.25 * sd[2] and sd[0] < 0.008 and abs(vec[:, 0] @ n) < 0.5)
+        return slab[j]
+
+    def is_handle(j: int, body: _Piece) -> bool:
+        f = pieces[j]
         if len(f.points) > 0.25 * len(body.points) or f.top > body.top + rim:
             return False
-        c = f.points - f.points.mean(axis=0)
-        var, vec = np.linalg.eigh(c.T @ c / len(c))
-        sd = np.sqrt(np.maximum(var, 0))
-        # thin across, and the thin axis lies flat (a phone or plate lying beside an
-        # object is thin along the vertical)
-        return bool(sd[0] < 0.25 * sd[2] and sd[0] < 0.008 and abs(vec[:, 0] @ n) < 0.5)
+        return handle_shaped(j)
 
     trees: dict[int, cKDTree] = {}
 
@@ -135,13 +146,15 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
             link = max(4 * rim, 2.0 * cfg.cluster_tolerance * float(np.linalg.norm(a.lo - view)))
             if (a.lo > b.hi + link).any() or (b.lo > a.hi + link).any():
                 continue
+            if stage == 'handles' and not is_handle(j, a):
+                continue    # the shape test is cheap, the distance needs a k-d tree
             dist = gap(i, j, link)
             if dist > link:
                 continue
             if stage == 'containers':
                 if seen_through_opening(a, b) or seen_through_opening(b, a):
                     parent[root(j)] = root(i)
-            elif is_handle(b, a) and dist < handle_of.get(j, (np.inf, -1))[0]:
+            elif dist < handle_of.get(j, (np.inf, -1))[0]:
                 handle_of[j] = (dist, i)
     for j, (_, i) in handle_of.items():
         parent[root(j)] = root(i)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MOSD = REPO_ROOT / '..' / 'shared' / 'data' / 'mosd_learn'
+DEFAULT_CLUTTER = REPO_ROOT / '..' / 'shared' / 'data' / 'mosd_clutter'
 RESULTS = REPO_ROOT / 'benchmarks' / 'results'
 
 
@@ -423,7 +424,8 @@ def _fmt(s: dict) -> str:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from p3d_perception.config import to_dict
-    directories = [Path(d) for d in args.dir] if args.dir else [DEFAULT_MOSD]
+    directories = ([Path(d) for d in args.dir] if args.dir else
+                   [DEFAULT_MOSD] + ([DEFAULT_CLUTTER] if DEFAULT_CLUTTER.is_dir() else []))
     for d in directories:
         if not d.is_dir():
             raise FileNotFoundError(f'mOSD directory not found: {d}')
@@ -490,7 +492,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     'F >= 0.75), over-/under-segmentation, table points removed; the '
                     'plain Open3D pipeline (voxel + RANSAC + DBSCAN) beside it.')
     e.add_argument('dir', nargs='*', default=None,
-                   help='folders of mOSD .pcd scans (default ../shared/data/mosd_learn)')
+                   help='folders of mOSD .pcd scans (default ../shared/data/mosd_learn and '
+                        'mosd_clutter)')
     e.add_argument('--scenes', help='only scenes whose name matches this regular expression')
     e.add_argument('--no-baseline', action='store_true', help='skip the Open3D baseline')
     e.add_argument('--json-out', help='default benchmarks/results/segmentation_mosd.json')

@@ -65,8 +65,8 @@ def test_score_counts_accepted_labels_and_missed_objects():
     objects = [obj('box', ['cereal box', 'tea box']), obj('mug', ['mug', 'cup']),
                obj('bowl', ['bowl']), obj('bowl', ['bowl'])]
     preds = [['tea box', 'mug'], ['cup'], [], ['mug', 'bowl']]
-    r = score(objects, preds, ['bowl', 'box', 'mug'], ['cereal box', 'tea box', 'mug',
-                                                        'cup', 'bowl'])
+    labels = ['cereal box', 'tea box', 'mug', 'cup', 'bowl']
+    r = score(objects, preds, ['bowl', 'box', 'mug'], labels)
     assert r['top1'] == 0.5 and r['top3'] == 0.75
     assert r['per_class'] == {'bowl': {'objects': 2, 'top1': 0.0},
                               'box': {'objects': 1, 'top1': 1.0},
@@ -84,8 +84,8 @@ def test_eval_real_command_reports_model_and_baselines(mosd_dir, tmp_path, make_
     printed = capsys.readouterr().out
     assert 'majority baseline' in printed and 'shape baseline' in printed
     report = json.loads((out / 'eval_real.json').read_text())
-    assert report['objects'] == 7 and report['classes'] == {'bowl': 2, 'box': 2, 'cup': 1,
-                                                           'mug': 1, 'tin': 1}
+    assert report['objects'] == 7
+    assert report['classes'] == {'bowl': 2, 'box': 2, 'cup': 1, 'mug': 1, 'tin': 1}
     # cereal box, mug and cup are each right for two objects: the first in the vocabulary
     assert report['baselines']['majority'] == {'label': 'cereal box', 'top1': round(2 / 7, 4)}
     gt, pipe = report['gt'], report['pipeline']
@@ -99,4 +99,3 @@ def test_eval_real_command_reports_model_and_baselines(mosd_dir, tmp_path, make_
     q = gt['queries']
     # learn0: a box (and no bowl, cup, mug, tin); learn33: all but a box
     assert (q['queries_present'], q['queries_absent']) == (1 + 4, 4 + 1)
-

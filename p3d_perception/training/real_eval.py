@@ -215,6 +215,9 @@ def nearest_mean_loso(features: np.ndarray, names: Sequence[str], scenes: Sequen
     pred = []
     for i in range(len(names)):
         train = scenes != scenes[i]
+        if not train.any():              # one scan: nothing to fit on
+            pred.append('')
+            continue
         x = features[train]
         if normalise == 'standard':
             mu, sd = x.mean(0), x.std(0) + 1e-9

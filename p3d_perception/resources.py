@@ -13,7 +13,7 @@ from pathlib import Path
 
 PACKAGE = 'p3d_perception'
 #: folder name of the bundled model under models/
-DEFAULT_MODEL_NAME = 'p3d_minilm_small'
+DEFAULT_MODEL_NAME = 'p3d_minilm_real_mosd'
 
 
 def share_dir() -> Path:

@@ -20,7 +20,7 @@ import torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--model', default='models/p3d_minilm_small', help='model directory')
+    parser.add_argument('--model', default=None, help='model directory (default: the bundled one)')
     parser.add_argument('--batch', type=int, default=32, help='clusters per call (one frame)')
     parser.add_argument('--calls', type=int, default=10, help='timed calls per backend')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0 = default)')
@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> dict:
     from p3d_perception.recognize import Recognizer
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.model is None:
+        from p3d_perception.resources import default_model_path
+        args.model = str(default_model_path())
     rec = Recognizer.from_checkpoint(args.model, device='cpu')
     g = rec.model.cfg.grouping
     pts, cols = _clusters(args.batch)

@@ -145,7 +145,7 @@ def resolve_model_dir(path: str | Path) -> Path:
         p = p.parent
     if not p.exists():
         raise ModelError(f'model not found: {p}. Pass a model directory holding {WEIGHTS} '
-                         f'and {CARD} (the bundled one is models/p3d_minilm_small), or train '
+                         f'and {CARD} (the bundled one is models/p3d_minilm_real_mosd), or train '
                          'one with `p3d train pretrain --config config/train/minilm_small.yaml`')
     if not p.is_dir():
         raise ModelError(f'{p} is not a model directory (expected {WEIGHTS} + {CARD})')

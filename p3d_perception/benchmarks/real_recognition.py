@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--finetune-config', default=None,
                    help='default config/train/finetune_real.yaml')
     p.add_argument('--folds', type=int, default=2)
+    p.add_argument('--scenes', nargs='+', default=None,
+                   help='only these scans (file stems; default all)')
     p.add_argument('--modes', nargs='+', choices=('gt', 'pipeline'), default=['gt', 'pipeline'])
     p.add_argument('--out', default='benchmarks/results/real_recognition',
                    help='folder for per-fold reports and the pooled confusion PNG')
@@ -93,7 +95,10 @@ def run(args: argparse.Namespace) -> dict:
         card = read_card(default_model_path())
         steps = (card.get('training') or {}).get('finetunes') or []
         base = steps[0]['from'] if steps else str(default_model_path())
-    scenes, _ = load_scenes(args.dirs, load_config(rules))
+    if args.folds < 2:
+        raise SystemExit('--folds must be >= 2 (each scan is scored by a model that never '
+                         'saw it)')
+    scenes, _ = load_scenes(args.dirs, load_config(rules), args.scenes)
     names = [s.name for s in scenes]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -120,6 +120,9 @@ class PerceptionBase:
         if problem:
             raise StartupError(problem)
         self._stats = collections.Counter()
+        #: set when shutdown starts: a callback still in flight may then find its
+        #: publisher destroyed, which is the end of the process, not an error
+        self.closing = False
         self._reasons: dict[str, str] = {}
         self._latency = collections.defaultdict(lambda: collections.deque(maxlen=200))
         self._frame_times = collections.deque(maxlen=50)
@@ -292,14 +295,19 @@ class PerceptionBase:
         except Exception as exc:  # noqa: BLE001 - a frame that breaks a stage is skipped
             self._count_invalid('failed', exc)
             return
-        if not self.context.ok():
+        if self.closing or not self.context.ok():
             return
-        self._pub_detections.publish(detections)
-        self._pub_markers.publish(markers)
-        if clusters is not None:
-            self._pub_clusters.publish(clusters)
-        if vision is not None:
-            self._pub_vision.publish(vision)
+        try:
+            self._pub_detections.publish(detections)
+            self._pub_markers.publish(markers)
+            if clusters is not None:
+                self._pub_clusters.publish(clusters)
+            if vision is not None:
+                self._pub_vision.publish(vision)
+        except Exception:  # noqa: BLE001 - only when shutting down; a bug otherwise
+            if self.closing or not self.context.ok():
+                return
+            raise
         total = (time.perf_counter() - t0) * 1e3
         self._stats['processed'] += 1
         self._frame_times.append(time.monotonic())
@@ -481,7 +489,7 @@ class PerceptionBase:
 
     # ---------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
-        if not self.context.ok():
+        if self.closing or not self.context.ok():
             return
         times = list(self._frame_times)
         rate = ((len(times) - 1) / (times[-1] - times[0])
@@ -579,11 +587,19 @@ def spin(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: BLE001 - see below
+        # rclpy's SIGINT handler shuts the context down; an executor that is just
+        # building its wait set then raises RCLError "context is not valid" instead of
+        # ExternalShutdownException. That is the same Ctrl-C; anything else is a bug.
+        if context.ok():
+            raise
     finally:
         # Ctrl-C in a terminal reaches ros2 launch and its children, and launch then
         # signals them again: a second SIGINT must not interrupt the orderly shutdown.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        executor.shutdown(timeout_sec=5.0)
+        node.closing = True
+        # a frame of a loaded machine may still be in the encoder: let it finish
+        executor.shutdown(timeout_sec=30.0)
         node.destroy_node()
         rclpy.try_shutdown(context=context)
     return 0

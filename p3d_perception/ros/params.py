@@ -93,6 +93,8 @@ FLOAT_RANGES = {
     'segmentation.crease_threshold': (0.0, 10.0), 'segmentation.min_cluster_size': (0.0, 10.0),
     'segmentation.max_cluster_size': (0.0, 100.0), 'segmentation.rim_tolerance': (0.0, 1.0),
     'segmentation.support_rise': (0.0, 10.0),
+    'segmentation.colour_crease_threshold': (0.0, 10.0),
+    'segmentation.colour_threshold': (0.0, 2.0),
 }
 
 

@@ -17,32 +17,20 @@ def match_instances(pred: np.ndarray, gt: np.ndarray, iou_threshold: float = 0.5
     inside it and each hold >= ``part_fraction`` of it; a cluster is *under-segmenting*
     when it holds >= ``part_fraction`` of two or more objects.
     """
-    pred = np.asarray(pred).reshape(-1)
-    gt = np.asarray(gt).reshape(-1)
-    if pred.shape != gt.shape:
-        raise ValueError(f'prediction has {pred.size} labels, ground truth {gt.size}')
-    gt_ids, gt_idx = np.unique(np.where(gt >= 0, gt, -1), return_inverse=True)
-    pr_ids, pr_idx = np.unique(np.where(pred >= 0, pred, -1), return_inverse=True)
-    table = np.bincount(gt_idx * pr_ids.size + pr_idx,
-                        minlength=gt_ids.size * pr_ids.size).reshape(gt_ids.size, pr_ids.size)
-    g_obj = gt_ids >= 0
-    p_obj = pr_ids >= 0
-    inter = table[g_obj][:, p_obj].astype(np.float64)
-    g_size = table[g_obj].sum(axis=1).astype(np.float64)
-    p_size = table[:, p_obj].sum(axis=0).astype(np.float64)
+    inter, g_size, p_size, obj_ids = _contingency(pred, gt)
     union = g_size[:, None] + p_size[None, :] - inter
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    best = iou.max(axis=1) if iou.shape[1] else np.zeros(g_obj.sum())
+    best = iou.max(axis=1) if iou.shape[1] else np.zeros(len(obj_ids))
     mostly_inside = inter >= 0.5 * p_size[None, :]
     big_part = inter >= part_fraction * g_size[:, None]
     over = int(((mostly_inside & big_part).sum(axis=1) >= 2).sum())
     under = int((big_part.sum(axis=0) >= 2).sum()) if inter.size else 0
     return {
-        'objects': int(g_obj.sum()),
-        'clusters': int(p_obj.sum()),
+        'objects': len(obj_ids),
+        'clusters': len(p_size),
         'matched': int((best >= iou_threshold).sum()),
         'mean_iou': float(best.mean()) if best.size else 0.0,
-        'best_iou': {int(i): round(float(b), 4) for i, b in zip(gt_ids[g_obj], best)},
+        'best_iou': {int(i): round(float(b), 4) for i, b in zip(obj_ids, best)},
         'over_segmented': over,
         'under_segmented': under,
     }

@@ -393,6 +393,27 @@ def test_managed_node_subscribes_only_while_active(rclpy_context, interfaces, ti
         executor.shutdown()
         node.destroy_node()
         client.destroy_node()
+    # a destroyed managed node leaves the graph (rclpy keeps its state machine, and with it
+    # the node and its change_state service, unless the node destroys it)
+    assert not _graph_has('p3d_perception', seconds=4.0)
+
+
+def _graph_has(name: str, seconds: float) -> bool:
+    """Whether a fresh participant, spinning for ``seconds``, discovers a node ``name``."""
+    import rclpy
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        probe = Node('graph_probe', context=context)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if name in probe.get_node_names():
+                return True
+            time.sleep(0.1)
+        probe.destroy_node()
+        return False
+    finally:
+        rclpy.shutdown(context=context)
 
 
 def test_every_float_parameter_has_a_range_holding_its_default():

@@ -36,6 +36,17 @@ class ManagedPerceptionNode(PerceptionBase, LifecycleNode):
         self.get_logger().info('unconfigured: ros2 lifecycle set '
                                f'{self.get_fully_qualified_name()} configure')
 
+    def destroy_node(self) -> None:
+        """Also destroy the lifecycle state machine, which rclpy's LifecycleNode leaves alive.
+
+        The state machine holds the node handle, so without this the node and its
+        ``change_state`` service stay in the ROS graph until the process exits; a later
+        node of the same name then shares its lifecycle services with that ghost, and a
+        ``ros2 lifecycle set`` or launch autostart request sent to the ghost never returns.
+        """
+        super().destroy_node()
+        self._state_machine.destroy_when_not_in_use()
+
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:
             self._configure()

@@ -574,16 +574,22 @@ def spin(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
         log.fatal(f'cannot start: {_one_line(exc)}')
         return 1
     context = rclpy.get_default_context()
-    try:
-        node = make_node(context)
-    except Exception as exc:  # noqa: BLE001 - a bad parameter or file: say which and stop
-        log.fatal(f'cannot start: {_one_line(exc)}')
-        rclpy.try_shutdown(context=context)
-        return 1
-    tune_interpreter()
+    # made before the model loads: an executor needs a live context, and a Ctrl-C
+    # during the load has shut it down by the time the load ends
     executor = MultiThreadedExecutor(num_threads=4, context=context)
-    executor.add_node(node)
+    node = None
     try:
+        try:
+            node = make_node(context)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad parameter or file: say which and stop
+            if not context.ok():    # Ctrl-C while it started: a stop, not a failure
+                return 0
+            log.fatal(f'cannot start: {_one_line(exc)}')
+            return 1
+        tune_interpreter()
+        executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -594,15 +600,32 @@ def spin(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
         if context.ok():
             raise
     finally:
-        # Ctrl-C in a terminal reaches ros2 launch and its children, and launch then
-        # signals them again: a second SIGINT must not interrupt the orderly shutdown.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        node.closing = True
+        _ignore_sigint()
+        if node is not None:
+            node.closing = True
         # a frame of a loaded machine may still be in the encoder: let it finish
         executor.shutdown(timeout_sec=30.0)
-        node.destroy_node()
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown(context=context)
     return 0
+
+
+def _ignore_sigint() -> None:
+    """Ignore SIGINT from now on, even if one arrives while we say so.
+
+    Ctrl-C in a terminal reaches ros2 launch and its children, and launch then signals
+    them again: that second SIGINT must not interrupt the orderly shutdown. It can land
+    inside ``signal.signal`` itself (a traceback seen in CI), so a KeyboardInterrupt
+    raised before the ignore took effect is swallowed and the call made again; once
+    SIG_IGN is set, CPython drops any SIGINT still pending.
+    """
+    while True:
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 def _one_line(exc: BaseException) -> str:

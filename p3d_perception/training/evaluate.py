@@ -57,23 +57,40 @@ def evaluate_scores(scores: torch.Tensor, labels: np.ndarray,
         'confusion': conf}
 
 
-def plot_confusion(conf: np.ndarray, names: Sequence[str], path: Path, title: str) -> None:
+def plot_confusion(conf: np.ndarray, names: Sequence[str], path: Path, title: str, *,
+                   columns: Sequence[str] | None = None, counts: bool = False,
+                   xlabel: str = 'predicted', ylabel: str = 'true') -> None:
+    """Row-normalised confusion PNG.
+
+    ``columns`` when the answers are not the row names (real scans: ground-truth
+    categories against the labels answered).
+    """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    n = len(names)
+    conf = np.asarray(conf, np.float64)
+    cols = list(names if columns is None else columns)
+    cell = 0.45 if counts else 0.28
     norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(0.28 * n + 3, 0.28 * n + 2.5))
+    fig, ax = plt.subplots(figsize=(cell * len(cols) + 3, cell * len(names) + 2.5))
     ax.imshow(norm, cmap='Blues', vmin=0, vmax=1)
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    ax.set_xticklabels(names, rotation=90, fontsize=7)
-    ax.set_yticklabels(names, fontsize=7)
-    ax.set_xlabel('predicted')
-    ax.set_ylabel('true')
+    if counts:
+        for (i, j), v in np.ndenumerate(conf):
+            if v:
+                ax.text(j, i, int(v), ha='center', va='center', fontsize=7,
+                        color='white' if norm[i, j] > 0.6 else 'black')
+    ax.set_xticks(range(len(cols)))
+    if columns is None:
+        ax.set_xticklabels(cols, rotation=90, fontsize=7)
+    else:
+        ax.set_xticklabels(cols, rotation=60, ha='right', fontsize=8)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names, fontsize=8 if counts else 7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=100 if counts else 90)
     plt.close(fig)
 
 

@@ -259,28 +259,10 @@ def score(objects: Sequence[RealObject], predictions: Sequence[Sequence[str]],
 
 
 def plot_confusion(result: dict, classes: Sequence[str], path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    conf = np.asarray(result['confusion'], np.float64)
-    cols = result['confusion_columns']
-    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(0.45 * len(cols) + 3, 0.45 * len(classes) + 2.5))
-    ax.imshow(norm, cmap='Blues', vmin=0, vmax=1)
-    for (i, j), v in np.ndenumerate(conf):
-        if v:
-            ax.text(j, i, int(v), ha='center', va='center', fontsize=7,
-                    color='white' if norm[i, j] > 0.6 else 'black')
-    ax.set_xticks(range(len(cols)))
-    ax.set_xticklabels(cols, rotation=60, ha='right', fontsize=8)
-    ax.set_yticks(range(len(classes)))
-    ax.set_yticklabels(classes, fontsize=8)
-    ax.set_xlabel('answered')
-    ax.set_ylabel('ground truth')
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    """The confusion PNG of a ``score`` result: categories against the labels answered."""
+    from p3d_perception.training.evaluate import plot_confusion as plot
+    plot(result['confusion'], classes, path, title, columns=result['confusion_columns'],
+         counts=True, xlabel='answered', ylabel='ground truth')
 
 
 def _majority(objects: Sequence[RealObject], labels: Sequence[str]) -> tuple[str, float]:

@@ -256,3 +256,19 @@ def test_extract_warns_when_every_skips_pcd_captures(scan_dir, tmp_path, make_ti
                                     device='cpu', progress=False)
     assert 'written from PCD scans' in caplog.text and '--every 1 uses all' in caplog.text
     assert summary.clouds_read == 3 and summary.clouds_used == 2
+
+
+def test_bags_without_tf_are_reported_in_one_line(mosd_dir, tmp_path, make_tiny_model,
+                                                  caplog):
+    # PCD captures made into bags have no /tf: a user converting 45 scans wants one line
+    made = B.scans_to_bags([mosd_dir / 'learn3.pcd', mosd_dir / 'learn33.pcd'],
+                           tmp_path / 'bags', bag_per_scan=True)
+    assert len(made.bags) == 2
+    model = make_tiny_model(tmp_path / 'tiny', vocabulary=['mug', 'bowl'])
+    with caplog.at_level('WARNING', logger='p3d_perception.training.bags'):
+        B.extract_dataset(made.bags, tmp_path / 'ds', every=1, model=model, device='cpu',
+                          progress=False)
+    lines = [r.getMessage() for r in caplog.records if 'no /tf' in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert f'{len(made.bags)} of {len(made.bags)} bag(s)' in lines[0]
+    assert 'camera_depth_optical_frame' in lines[0]

@@ -979,6 +979,15 @@ def extract_dataset(bags: Sequence[str | Path], out: str | Path, *, topic: str |
                   else np.zeros((0, THUMB_SIZE, THUMB_SIZE, 3), np.uint8)),
         'has_crop': np.asarray(has_crop, bool)}
     groups = summarise_groups(rows, scores, accept_above=accept_above)
+    no_tf = [b for b, info in fixed_frames.items() if info.get('clouds_without_tf')]
+    if no_tf:
+        # one line, not one per bag: PCD captures made into bags never have /tf
+        frame = fixed_frames[no_tf[0]].get('no_tf_frame')
+        log.warning('%d of %d bag(s) have no /tf or /tf_static transform for the cloud '
+                    'frame (%r in %s%s): grouping in the sensor frame (objects group only '
+                    'while the camera stays still)', len(no_tf), len(fixed_frames), frame,
+                    Path(no_tf[0]).name, f' and {len(no_tf) - 1} more' if len(no_tf) > 1
+                    else '')
     frames_used = {f for info in fixed_frames.values() for f in info['fixed_frames']}
     meta = {
         'format_version': FORMAT_VERSION, 'created': _now(), 'command': command,
@@ -1142,10 +1151,8 @@ def _cloud_clusters(cloud, stamp_ns: int, pipeline, tree, memory, truth: dict, i
     if found is None:
         fixed, T = _frame(cloud.frame_id) or 'sensor', np.eye(4)
         info['clouds_without_tf'] += 1
-        if not info['warned_tf']:
-            log.warning('%s: no /tf or /tf_static transform for frame %r; grouping in '
-                        'the sensor frame (objects group only while the camera stays '
-                        'still)', path, cloud.frame_id)
+        if not info['warned_tf']:   # said once for all bags by extract_dataset
+            info['no_tf_frame'] = cloud.frame_id
             info['warned_tf'] = True
     else:
         fixed, T = found

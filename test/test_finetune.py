@@ -208,3 +208,30 @@ def test_new_robot_camera_scales_the_presets_noise():
     assert loud.flying_pixel_prob > tof.flying_pixel_prob
     with pytest.raises(ValueError, match='unknown camera'):
         new_robot_camera(1.0, 'no_such_camera')
+
+
+def test_example_cache_may_not_swallow_the_known_categories(tiny_model):
+    """The cache adds weight only to the labels it holds: with one labelled label, a
+    choice made on its validation groups alone takes every object for it."""
+    from p3d_perception.training.data import generate_views, view_arrays
+    from p3d_perception.training.finetune import ClusterSet, FinetuneConfig, _build_cache
+
+    def views(cats, n, seed):
+        pts, cols, lab = view_arrays(generate_views(cats, n, seed, 'd435'), cats)
+        idx = np.asarray([CATEGORIES.index(cats[i]) for i in lab], np.int64)
+        return ClusterSet(list(pts), list(cols), idx, np.arange(len(pts)))
+
+    model, _ = load_model(tiny_model)
+    train, val = views(['mug'], 6, 1), views(['mug'], 4, 2)
+    guard = views(['bowl', 'cereal box', 'banana'], 6, 3)
+    cfg = FinetuneConfig(cache_alphas=(0.0, 1.0, 4.0, 16.0, 64.0), cache_max_known_drop=0.02)
+    info = _build_cache(model, train, val, CATEGORIES, cfg, 'cpu', guard)
+    kg = info['known_guard']
+    assert kg['views'] == len(guard)
+    assert kg['top1_without'] - kg['top1_with'] <= 0.02, info
+    # without the veto the same data takes a cache that costs the known categories
+    free = _build_cache(model, train, val, CATEGORIES,
+                        FinetuneConfig(cache_alphas=(16.0, 64.0), cache_max_known_drop=1.0),
+                        'cpu', guard)
+    assert free['alpha'] >= 1.0
+    assert free['known_guard']['top1_without'] - free['known_guard']['top1_with'] > 0.02, free

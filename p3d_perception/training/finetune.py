@@ -128,6 +128,13 @@ class FinetuneConfig:
     example_cache: bool = True
     cache_alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
     cache_betas: tuple[float, ...] = (3.0, 5.5, 10.0, 20.0)
+    #: the cache only ever adds weight to the labels it holds, so a choice made on the
+    #: labelled groups alone can swallow every other category (a real run: known
+    #: synthetic categories 88 -> 7 % with alpha 1). It is also scored on this many
+    #: replay views per known category, and an (alpha, beta) that costs them more than
+    #: ``cache_max_known_drop`` (share) is not taken.
+    cache_guard_views_per_category: int = 8
+    cache_max_known_drop: float = 0.02
     seed: int = 0
     device: str = 'auto'
     num_threads: int = 0
@@ -395,30 +402,54 @@ def _imprint(model: P3DModel, train: ClusterSet, classes: list[str], learned: li
     return torch.stack(rows).to(device)
 
 
+def _guard_views(replay: ClusterSet, per_category: int) -> ClusterSet:
+    """Up to ``per_category`` replay views of each known category."""
+    if per_category <= 0 or not len(replay):
+        return replay.subset([])
+    idx = [i for c in np.unique(replay.labels)
+           for i in np.flatnonzero(replay.labels == c)[:per_category]]
+    return replay.subset(sorted(idx))
+
+
 @torch.no_grad()
 def _build_cache(model: P3DModel, train: ClusterSet, val: ClusterSet, classes: list[str],
-                 cfg: FinetuneConfig, device: str) -> dict[str, Any]:
+                 cfg: FinetuneConfig, device: str,
+                 guard: ClusterSet | None = None) -> dict[str, Any]:
     """Store the labelled clusters' embeddings; pick alpha/beta on the validation groups.
 
     The cache for the choice holds the training clusters only, so the validation score
-    is honest; the saved cache then holds both.
+    is honest; the saved cache then holds both. ``guard`` (views of the known
+    categories) vetoes a choice that costs them more than ``cfg.cache_max_known_drop``.
     """
     protos = model_prototypes(model, classes, device).cpu()
     k_train = embed(model, train, device)
     onehot = F.one_hot(torch.from_numpy(train.labels), len(classes)).float()
-    alpha, beta, val_acc, base_acc = 1.0, 5.5, None, None
-    if len(val):
-        q = embed(model, val, device)
+    betas = sorted(set(cfg.cache_betas) | {5.5})
+
+    def scorer(cs: ClusterSet):
+        q = embed(model, cs, device)
         base = (model.scale().item() * q @ protos.T).softmax(-1)
-        aff = {b: torch.exp(-b * (1.0 - q @ k_train.T)) @ onehot for b in cfg.cache_betas}
-        aff.setdefault(5.5, torch.exp(-5.5 * (1.0 - q @ k_train.T)) @ onehot)
+        aff = {b: torch.exp(-b * (1.0 - q @ k_train.T)) @ onehot for b in betas}
+        return lambda a, b: float(((base + a * aff[b]).argmax(-1).numpy()
+                                   == cs.labels).mean())
+
+    alpha, beta, val_acc, base_acc, known = 1.0, 5.5, None, None, None
+    if len(val):
+        on_val = scorer(val)
+        on_known = scorer(guard) if guard is not None and len(guard) else None
+        known_base = on_known(0.0, 5.5) if on_known else None
         best = None
         for b, a in [(5.5, 1.0)] + [(b, a) for b in cfg.cache_betas for a in cfg.cache_alphas]:
-            acc = float(((base + a * aff[b]).argmax(-1).numpy() == val.labels).mean())
+            if on_known and a and known_base - on_known(a, b) > cfg.cache_max_known_drop:
+                continue
+            acc = on_val(a, b)
             if best is None or acc > best[0] + 1e-9:
                 best = (acc, a, b)
-        val_acc, alpha, beta = best
-        base_acc = float((base.argmax(-1).numpy() == val.labels).mean())
+        val_acc, alpha, beta = best or (on_val(0.0, 5.5), 0.0, 5.5)
+        base_acc = on_val(0.0, 5.5)
+        if on_known:
+            known = {'views': len(guard), 'top1_without': round(known_base, 4),
+                     'top1_with': round(on_known(alpha, beta), 4)}
     keys = torch.cat([k_train, embed(model, val, device)]) if len(val) else k_train
     labels = [classes[i] for i in np.concatenate([train.labels, val.labels]).tolist()]
     model.example_cache = {'keys': keys, 'labels': labels, 'alpha': alpha, 'beta': beta}
@@ -426,7 +457,8 @@ def _build_cache(model: P3DModel, train: ClusterSet, val: ClusterSet, classes: l
              len(labels), alpha, beta, base_acc, val_acc)
     return {'examples': len(labels), 'alpha': alpha, 'beta': beta,
             'val_top1_without': None if base_acc is None else round(base_acc, 4),
-            'val_top1_with': None if val_acc is None else round(val_acc, 4)}
+            'val_top1_with': None if val_acc is None else round(val_acc, 4),
+            'known_guard': known}
 
 
 # ----------------------------------------------------------------------------- stages
@@ -677,7 +709,8 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path | None,
     model.eval()
     cache_info = None
     if cfg.example_cache:
-        cache_info = _build_cache(model, train, val, classes, cfg, device)
+        cache_info = _build_cache(model, train, val, classes, cfg, device,
+                                  _guard_views(replay, cfg.cache_guard_views_per_category))
     result = {
         'classes': classes, 'new_labels': new, 'train_clusters': counts,
         'val_clusters': int(len(val)), 'replay_views': int(len(replay)),

@@ -30,6 +30,10 @@ def test_each_scan_is_scored_by_a_model_adapted_without_it(mosd_dir, tmp_path,
     assert r['gt']['objects'] == 7 and 0 <= r['gt']['top1'] <= 1
     assert r['baselines']['majority'] > 0
     assert (out / 'confusion_gt.png').stat().st_size > 1000
+    # the folds hold different categories; pooled rows are added up by name
+    pooled = dict(zip(r['gt']['confusion_rows'], r['gt']['confusion']))
+    assert {c: sum(row) for c, row in pooled.items()} == \
+        {c: v['objects'] for c, v in r['gt']['per_class'].items()}
     # fold 0 adapted on learn33 only: its report scores learn0's two boxes
     fold0 = json.loads((out / 'fold0' / 'eval_real.json').read_text())
     assert fold0['objects'] == 2 and fold0['classes'] == {'box': 2}

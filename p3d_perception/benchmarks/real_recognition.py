@@ -68,8 +68,14 @@ def _pool(reports: list[dict], mode: str) -> dict:
                                         for x in q) / max(asked, 1), 4),
             'absent_rejection': round(sum(x['absent_rejection'] * x['queries_absent']
                                           for x in q) / max(absent, 1), 4)}
-    conf = sum(np.asarray(r[mode]['confusion']) for r in reports)
-    out['confusion'] = conf.tolist()
+    # each fold's rows are the categories its held-out scans hold: add them up by name
+    names = sorted({c for r in reports for c in r['classes']})
+    conf = np.zeros((len(names), len(reports[0][mode]['confusion_columns'])))
+    for r in reports:
+        for row, c in zip(r[mode]['confusion'], sorted(r['classes'])):
+            conf[names.index(c)] += row
+    out['confusion'] = conf.astype(int).tolist()
+    out['confusion_rows'] = names
     out['confusion_columns'] = reports[0][mode]['confusion_columns']
     return out
 
@@ -134,7 +140,7 @@ def run(args: argparse.Namespace) -> dict:
         plot_confusion(pooled, classes, out / f'confusion_{mode}.png',
                        f'real scans, {args.folds}-fold by scan, {mode}: top-1 '
                        f'{pooled["top1"]:.3f} (majority {result["baselines"]["majority"]:.3f})')
-        result[mode] = {k: v for k, v in pooled.items() if not k.startswith('confusion')}
+        result[mode] = dict(pooled)
         result[mode]['confusion_png'] = str(out / f'confusion_{mode}.png')
     result['per_fold'] = [{'test_scenes': r['test_scenes'], 'finetune': r['finetune'],
                            **{m: {'top1': r[m]['top1'], 'objects': r[m]['objects']}

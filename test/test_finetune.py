@@ -211,8 +211,11 @@ def test_new_robot_camera_scales_the_presets_noise():
 
 
 def test_example_cache_may_not_swallow_the_known_categories(tiny_model):
-    """The cache adds weight only to the labels it holds: with one labelled label, a
-    choice made on its validation groups alone takes every object for it."""
+    """The cache adds weight only to the labels it holds.
+
+    With one labelled label, a choice made on its validation groups alone takes every
+    object for it.
+    """
     from p3d_perception.training.data import generate_views, view_arrays
     from p3d_perception.training.finetune import ClusterSet, FinetuneConfig, _build_cache
 

@@ -428,16 +428,16 @@ def _graph_has(service: str, seconds: float) -> bool:
     import rclpy
     context = rclpy.Context()
     rclpy.init(context=context)
+    probe = Node('graph_probe', context=context)
     try:
-        probe = Node('graph_probe', context=context)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if any(name == service for name, _ in probe.get_service_names_and_types()):
                 return True
             time.sleep(0.1)
-        probe.destroy_node()
         return False
     finally:
+        probe.destroy_node()
         rclpy.shutdown(context=context)
 
 

@@ -581,8 +581,6 @@ def spin(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
     try:
         try:
             node = make_node(context)
-        except KeyboardInterrupt:
-            raise
         except Exception as exc:  # noqa: BLE001 - a bad parameter or file: say which and stop
             if not context.ok():    # Ctrl-C while it started: a stop, not a failure
                 return 0

@@ -1046,8 +1046,7 @@ def _extract_bag(bi: int, path: Path, t: str, topics: dict, every: int, pipeline
     recognizer.set_up_vector(None)
     up = None
     used_frames: collections.Counter = collections.Counter()
-    info = {'topic': t, 'clouds': 0, 'clouds_without_tf': 0, 'tf_transforms': len(tree),
-            'warned_tf': False}
+    info = {'topic': t, 'clouds': 0, 'clouds_without_tf': 0, 'tf_transforms': len(tree)}
     prev_bad, index = report.undecodable, -1
     warned = 0
     for _, msgtype, stamp, msg in iter_messages([path], [t], report=report):
@@ -1119,7 +1118,6 @@ def _extract_bag(bi: int, path: Path, t: str, topics: dict, every: int, pipeline
     info['fixed_frame'] = (used_frames.most_common(1)[0][0] if used_frames else None)
     info['fixed_frames'] = dict(used_frames)
     info['from_tf'] = info['clouds_without_tf'] == 0 and bool(used_frames)
-    info.pop('warned_tf')
     return info
 
 
@@ -1151,9 +1149,7 @@ def _cloud_clusters(cloud, stamp_ns: int, pipeline, tree, memory, truth: dict, i
     if found is None:
         fixed, T = _frame(cloud.frame_id) or 'sensor', np.eye(4)
         info['clouds_without_tf'] += 1
-        if not info['warned_tf']:   # said once for all bags by extract_dataset
-            info['no_tf_frame'] = cloud.frame_id
-            info['warned_tf'] = True
+        info.setdefault('no_tf_frame', cloud.frame_id)   # extract_dataset says it once
     else:
         fixed, T = found
     R, tr = T[:3, :3], T[:3, 3]

@@ -426,17 +426,17 @@ def _build_cache(model: P3DModel, train: ClusterSet, val: ClusterSet, classes: l
     onehot = F.one_hot(torch.from_numpy(train.labels), len(classes)).float()
     betas = sorted(set(cfg.cache_betas) | {5.5})
 
-    def scorer(cs: ClusterSet):
-        q = embed(model, cs, device)
+    def scorer(q: torch.Tensor, labels: np.ndarray):
         base = (model.scale().item() * q @ protos.T).softmax(-1)
         aff = {b: torch.exp(-b * (1.0 - q @ k_train.T)) @ onehot for b in betas}
-        return lambda a, b: float(((base + a * aff[b]).argmax(-1).numpy()
-                                   == cs.labels).mean())
+        return lambda a, b: float(((base + a * aff[b]).argmax(-1).numpy() == labels).mean())
 
     alpha, beta, val_acc, base_acc, known = 1.0, 5.5, None, None, None
+    q_val = embed(model, val, device) if len(val) else None
     if len(val):
-        on_val = scorer(val)
-        on_known = scorer(guard) if guard is not None and len(guard) else None
+        on_val = scorer(q_val, val.labels)
+        on_known = (scorer(embed(model, guard, device), guard.labels)
+                    if guard is not None and len(guard) else None)
         known_base = on_known(0.0, 5.5) if on_known else None
         best = None
         for b, a in [(5.5, 1.0)] + [(b, a) for b in cfg.cache_betas for a in cfg.cache_alphas]:
@@ -445,12 +445,12 @@ def _build_cache(model: P3DModel, train: ClusterSet, val: ClusterSet, classes: l
             acc = on_val(a, b)
             if best is None or acc > best[0] + 1e-9:
                 best = (acc, a, b)
-        val_acc, alpha, beta = best or (on_val(0.0, 5.5), 0.0, 5.5)
         base_acc = on_val(0.0, 5.5)
+        val_acc, alpha, beta = best or (base_acc, 0.0, 5.5)
         if on_known:
             known = {'views': len(guard), 'top1_without': round(known_base, 4),
                      'top1_with': round(on_known(alpha, beta), 4)}
-    keys = torch.cat([k_train, embed(model, val, device)]) if len(val) else k_train
+    keys = torch.cat([k_train, q_val]) if len(val) else k_train
     labels = [classes[i] for i in np.concatenate([train.labels, val.labels]).tolist()]
     model.example_cache = {'keys': keys, 'labels': labels, 'alpha': alpha, 'beta': beta}
     LOG.info('example cache: %d clusters, alpha %.2g beta %.3g (validation top-1 %s -> %s)',

@@ -54,11 +54,6 @@ TEMPLATES = (
     'a {}.',
 )
 
-#: The two templates whose average is closest to the full set's (cosine 0.955 over the
-#: catalogue labels and typical queries; four reach 0.989 but double the cost): a free-text
-#: query is embedded with these and its plain sentence in one encoder call, which keeps
-#: /query_object within ~15 ms on a 2-core CPU.
-
 #: cached text features beyond this are dropped oldest first (free-text queries are
 #: unbounded; a long-running node must not grow with them)
 MAX_CACHED_TEXTS = 20000

@@ -100,7 +100,8 @@ class Segmenter:
             sub = np.ascontiguousarray(grid[::s, ::s])
             sub_keep = keep.reshape(h, w)[::s, ::s]
             sub_valid = in_range.reshape(h, w)[::s, ::s]
-            sub_col = (None if cloud.colors is None
+            # colour only feeds the colour cut: no per-frame copy when it is off
+            sub_col = (None if cloud.colors is None or not cfg.colour_cut
                        else np.ascontiguousarray(cloud.colors.reshape(h, w, 3)[::s, ::s]))
             sub_labels = _organized_labels(sub, sub_keep, sub_valid, cfg, s, timings, sub_col)
             t0 = time.perf_counter()
@@ -121,7 +122,7 @@ class Segmenter:
                 shown = view.owner >= 0
                 flat_keep[shown] = keep[view.owner[shown]]
                 grid_col = None
-                if cloud.colors is not None:
+                if cloud.colors is not None and cfg.colour_cut:
                     grid_col = np.zeros((view.height * view.width, 3), dtype=np.uint8)
                     grid_col[shown] = cloud.colors[view.owner[shown]]
                     grid_col = grid_col.reshape(view.height, view.width, 3)

@@ -603,10 +603,26 @@ def spin(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
             node.closing = True
         # a frame of a loaded machine may still be in the encoder: let it finish
         executor.shutdown(timeout_sec=30.0)
+        _drain(executor, timeout_s=30.0)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown(context=context)
     return 0
+
+
+def _drain(executor: MultiThreadedExecutor, timeout_s: float) -> None:
+    """Wait for the callbacks the executor has handed to its threads to finish.
+
+    rclpy 7.1's ``Executor.shutdown`` marks itself shut down before it checks whether
+    to wait, so it returns at once; a handler still queued then ran after
+    ``destroy_node`` and failed on its destroyed entity, printed at exit as "exception
+    was never retrieved: cannot use Destroyable" (seen in a clean-clone CI run). Run
+    now, with the node alive, they return early on ``closing``.
+    """
+    deadline = time.monotonic() + timeout_s
+    for task in list(getattr(executor, '_futures', ())):
+        while not task.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def _ignore_sigint() -> None:

@@ -13,7 +13,7 @@ enough for the handful of objects on a table and keeps this O(N*M) in numpy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import itertools
 import threading
 
@@ -111,18 +111,29 @@ class ObjectMemory:
         self.config.validate()
         self._objects: dict[int, TrackedObject] = {}
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()   # one writer at a time; readers use the snapshot
+        self._snapshot: tuple[TrackedObject, ...] = ()
 
     def __len__(self) -> int:
-        return len(self._objects)
+        return len(self._snapshot)
 
     def objects(self) -> list[TrackedObject]:
-        with self._lock:
-            return list(self._objects.values())
+        """The objects as of the last completed update, without waiting for one in progress.
+
+        Queries read this while frames update the memory; a query that had to wait for
+        the frame thread's lock would wait behind a thread that runs at a lower priority
+        (see ``ros/frame_worker.py``), so readers get copies published at the end of
+        every change instead.
+        """
+        return list(self._snapshot)
+
+    def _publish(self) -> None:
+        self._snapshot = tuple(replace(o) for o in self._objects.values())
 
     def clear(self) -> None:
         with self._lock:
             self._objects.clear()
+            self._publish()
 
     def update(self, observations: list[Observation], frame_id: str,
                stamp_ns: int) -> list[int]:
@@ -154,12 +165,15 @@ class ObjectMemory:
                 if ids[i] is None:
                     ids[i] = self._add(obs, frame_id, stamp_ns)
             self._trim()
+            self._publish()
             return [int(i) for i in ids]
 
     def expire(self, now_ns: int) -> int:
         """Forget objects unseen for ``expire_s``; return how many were dropped."""
         with self._lock:
-            return self._expire(now_ns)
+            dropped = self._expire(now_ns)
+            self._publish()
+            return dropped
 
     def _expire(self, now_ns: int) -> int:
         if self.config.expire_s <= 0:

@@ -13,7 +13,7 @@ import pytest
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
-from rclpy.executors import MultiThreadedExecutor
+from p3d_perception.ros.executor import NodeExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import PointCloud2, PointField
@@ -76,7 +76,7 @@ class Harness:
         self.set_params = self.client.create_client(SetParameters,
                                                     '/p3d_perception/set_parameters')
         self.request = srv.QueryObject.Request
-        self.executor = MultiThreadedExecutor(num_threads=3, context=context)
+        self.executor = NodeExecutor(num_threads=3, context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.client)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -394,7 +394,7 @@ def test_managed_node_subscribes_only_while_active(rclpy_context, interfaces, ti
     got = []
     client.create_subscription(msg_mod.DetectionArray, 'p3d/detections', got.append, 10)
     pub = client.create_publisher(PointCloud2, 'points', qos_profile_sensor_data)
-    executor = MultiThreadedExecutor(num_threads=3, context=rclpy_context)
+    executor = NodeExecutor(num_threads=3, context=rclpy_context)
     executor.add_node(node)
     executor.add_node(client)
     thread = threading.Thread(target=executor.spin, daemon=True)

@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='seconds of 10 Hz frames per QoS for the delivery figure '
                              '(0 = skip)')
     parser.add_argument('--device', default='auto')
+    parser.add_argument('--frame-nice', type=int, default=None,
+                        help="the node's frame_thread_nice (default: the node's default)")
     parser.add_argument('--seed', type=int, default=3)
 
 
@@ -72,7 +74,6 @@ def run(args: argparse.Namespace) -> dict:
     os.environ.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(150, 230)))
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
     from rclpy.parameter import Parameter
     from rclpy.qos import qos_profile_sensor_data
@@ -81,13 +82,16 @@ def run(args: argparse.Namespace) -> dict:
     import p3d_perception_interfaces.srv as p3d_srv
     from p3d_perception.memory import Observation
     from p3d_perception.ros.messages import packed_to_msg
+    from p3d_perception.ros.executor import NodeExecutor
     from p3d_perception.ros.node import PerceptionNode, tune_interpreter
 
     packed = _frames(4, args.objects, args.seed)
     rclpy.init()
-    tune_interpreter()  # as the node's own main() does
-    node = PerceptionNode(parameter_overrides=[Parameter('device', value=args.device),
-                                               Parameter('max_frame_age_s', value=0.0)])
+    overrides = [Parameter('device', value=args.device), Parameter('max_frame_age_s', value=0.0)]
+    if args.frame_nice is not None:
+        overrides.append(Parameter('frame_thread_nice', value=args.frame_nice))
+    node = PerceptionNode(parameter_overrides=overrides)
+    tune_interpreter()  # as the node's own main() does, once the node is made
     client = Node('bench_client')
     received = {}
     lock = threading.Condition()
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace) -> dict:
     client.create_subscription(p3d_msg.DetectionArray, 'p3d/detections', on_detections, 50)
     pub = client.create_publisher(PointCloud2, 'points', qos_profile_sensor_data)
     query = client.create_client(p3d_srv.QueryObject, 'query_object')  # readiness only
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = NodeExecutor(num_threads=4)
     executor.add_node(node)
     executor.add_node(client)
     threading.Thread(target=executor.spin, daemon=True).start()

@@ -22,6 +22,7 @@ a frame is being processed.
 from __future__ import annotations
 
 import collections
+import gc
 import math
 import signal
 import statistics
@@ -35,7 +36,7 @@ import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.parameter import Parameter
@@ -52,6 +53,8 @@ from p3d_perception.pipeline import Pipeline, PipelineConfig, QueryError
 from p3d_perception.recognize import ModelError, Recognizer
 from p3d_perception.resources import default_model_path
 from p3d_perception.ros import messages
+from p3d_perception.ros.executor import NodeExecutor
+from p3d_perception.ros.frame_worker import FrameWorker
 from p3d_perception.ros.params import all_specs, group
 
 try:  # vision_msgs is optional: publish the standard message too when it is there
@@ -134,6 +137,9 @@ class PerceptionBase:
         self._frames_group = MutuallyExclusiveCallbackGroup()
         self._query_group = MutuallyExclusiveCallbackGroup()
         self._misc_group = ReentrantCallbackGroup()
+        self._frames = FrameWorker(
+            lambda text: self.get_logger().warning(text, throttle_duration_sec=5.0),
+            nice=self._params['frame_thread_nice'])
         self.add_pre_set_parameters_callback(self._normalise_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -224,11 +230,11 @@ class PerceptionBase:
         try:
             if self._is_stale(msg.header.stamp):
                 return
-            cloud = pointcloud2_to_cloud(msg)
         except Exception as exc:  # noqa: BLE001 - any bad message is one invalid frame
             self._count_invalid('invalid', exc)
             return
-        self._process(cloud)
+        t = time.perf_counter()
+        self._hand_over(lambda: self._convert_and_process(pointcloud2_to_cloud, msg, t))
 
     def _on_info(self, msg: CameraInfo) -> None:
         self._infos.append(msg)
@@ -246,10 +252,28 @@ class PerceptionBase:
                 self._stats['dropped_unsynchronised'] += 1
                 return
             info = min(infos, key=lambda i: abs(_stamp_s(i.header.stamp) - t))
-            cloud = depth_image_to_cloud(msg, info)
         except Exception as exc:  # noqa: BLE001 - any bad message is one invalid frame
             self._count_invalid('invalid', exc)
             return
+        t0 = time.perf_counter()
+        self._hand_over(lambda: self._convert_and_process(
+            lambda m: depth_image_to_cloud(m, info), msg, t0))
+
+    def _hand_over(self, job: Callable[[], None]) -> None:
+        """Give a frame to the frame thread; a frame still waiting there is superseded."""
+        if not self._frames.submit(job):
+            self._stats['dropped_superseded'] += 1
+
+    def _convert_and_process(self, convert: Callable[[Any], Cloud], msg: Any,
+                             t_received: float) -> None:
+        t0 = time.perf_counter()
+        try:
+            cloud = convert(msg)
+        except Exception as exc:  # noqa: BLE001 - any bad message is one invalid frame
+            self._count_invalid('invalid', exc)
+            return
+        self._latency['handover'].append((t0 - t_received) * 1e3)
+        self._latency['convert'].append((time.perf_counter() - t0) * 1e3)
         self._process(cloud)
 
     def _is_stale(self, stamp) -> bool:
@@ -514,6 +538,16 @@ class PerceptionBase:
     def stats(self) -> dict[str, int]:
         return dict(self._stats)
 
+    def frames_idle(self) -> bool:
+        """True when no frame is waiting for or in the frame thread."""
+        return self._frames.idle()
+
+    def destroy_node(self) -> None:
+        """Let a frame in progress finish (it returns early on ``closing``), then destroy."""
+        self.closing = True
+        self._frames.stop(timeout_s=30.0)
+        super().destroy_node()
+
     def _vision_msg(self, result):  # pragma: no cover - vision_msgs not on PyPI
         out = Detection3DArray(header=messages.header(result.cloud.frame_id,
                                                       result.cloud.stamp_ns))
@@ -559,6 +593,7 @@ def tune_interpreter() -> None:
     run sooner, which bounds a query's wait behind a frame.
     """
     sys.setswitchinterval(0.001)
+    gc.freeze()
 
 
 def spin(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
@@ -576,7 +611,7 @@ def spin(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
     context = rclpy.get_default_context()
     # made before the model loads: an executor needs a live context, and a Ctrl-C
     # during the load has shut it down by the time the load ends
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    executor = NodeExecutor(num_threads=4, context=context)
     node = None
     try:
         try:
@@ -610,7 +645,7 @@ def spin(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
     return 0
 
 
-def _drain(executor: MultiThreadedExecutor, timeout_s: float) -> None:
+def _drain(executor: NodeExecutor, timeout_s: float) -> None:
     """Wait for the callbacks the executor has handed to its threads to finish.
 
     rclpy 7.1's ``Executor.shutdown`` marks itself shut down before it checks whether

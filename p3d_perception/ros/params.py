@@ -219,6 +219,10 @@ def _node_specs() -> list[ParamSpec]:
              float_range=(0.0, 1.0)),
         spec('publish_clustered_cloud', True, _T.PARAMETER_BOOL,
              "Publish 'p3d/clusters', the object points coloured by label"),
+        spec('frame_thread_nice', 10, _T.PARAMETER_INTEGER,
+             'How much lower than queries frames run (OS nice of the frame thread): a query '
+             'is answered first when both want the CPU. 0 = same priority',
+             int_range=(0, 19), read_only=True),
         spec('diagnostics_period_s', 1.0, _T.PARAMETER_DOUBLE,
              "Period of the '/diagnostics' status (rates, latencies, drops)",
              float_range=(0.1, 60.0), read_only=True),

@@ -33,7 +33,6 @@ class FrameWorker:
         self._job: Callable[[], None] | None = None
         self._busy = False
         self._stopping = False
-        self.superseded = 0   #: jobs replaced by a newer one before they started
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -43,8 +42,6 @@ class FrameWorker:
             if self._stopping:
                 return True
             replaced = self._job is not None
-            if replaced:
-                self.superseded += 1
             self._job = job
             self._cond.notify()
         return not replaced

@@ -99,3 +99,60 @@ def test_eval_real_command_reports_model_and_baselines(mosd_dir, tmp_path, make_
     q = gt['queries']
     # learn0: a box (and no bowl, cup, mug, tin); learn33: all but a box
     assert (q['queries_present'], q['queries_absent']) == (1 + 4, 4 + 1)
+
+
+class _LabelQueries:
+    """A recognizer stand-in whose "embedding" is one score per query class."""
+
+    def __init__(self, classes):
+        self.classes = list(classes)
+
+    def score_query(self, text, emb):
+        return np.asarray(emb)[:, self.classes.index(text[2:])]
+
+
+def test_query_figures_keep_names_an_object_only_accepts_apart():
+    from pathlib import Path
+
+    from p3d_perception.training.real_eval import RealScene, query_figures
+    classes = ['can', 'mug', 'tin']
+
+    def obj(name, accept):
+        return RealObject('s', 0, name, name, frozenset(accept), '', np.zeros(1, int),
+                          np.zeros((1, 3), np.float32), None)
+
+    # one tin (which also answers to "can") and a mug; scores per query (can, mug, tin)
+    scene = RealScene('s', Path('s.pcd'), np.array([0, 0, 1.0]), 0.0,
+                      [obj('tin', {'tin', 'can'}), obj('mug', {'mug'})])
+    emb = np.array([[0.1, 0.0, 0.9],      # the tin: "a tin" finds it, "a can" barely
+                    [0.0, 0.8, 0.1]])     # the mug
+    q = query_figures([scene], [emb], _LabelQueries(classes), classes, 0.3)
+    kinds = {r['query']: r['kind'] for r in q['per_query']}
+    assert kinds == {'a can': 'alias', 'a mug': 'present', 'a tin': 'present'}
+    assert (q['queries_present'], q['queries_absent'], q['queries_alias']) == (2, 0, 1)
+    assert q['retrieval_at_1'] == 1.0
+    assert q['alias_retrieval_at_1'] == 0.0              # top is the tin, but at 0.1
+    assert q['retrieval_at_1_any_accepted_name'] == round(2 / 3, 4)
+    # without the tin, "a can" and "a tin" are absent and must stay below min_score
+    alone = RealScene('m', Path('m.pcd'), np.array([0, 0, 1.0]), 0.0, [obj('mug', {'mug'})])
+    q = query_figures([alone], [np.array([[0.35, 0.9, 0.1]])], _LabelQueries(classes),
+                      classes, 0.3)
+    assert (q['queries_present'], q['queries_absent']) == (1, 2)
+    assert q['absent_rejection'] == 0.5                   # "a can" scored 0.35
+
+
+def test_scan_objects_are_also_taught_as_the_segmenters_clusters(mosd_dir, repo_root):
+    from p3d_perception.training.finetune import ScanSource, scan_clusters
+    source = ScanSource([str(mosd_dir)], str(repo_root / 'config' / 'eval' / 'real_kinect.yaml'),
+                        ['learn33', 'learn40'])
+    known = ['tin', 'bowl', 'mug', 'cup']
+    plain, *_ = scan_clusters(source, known)
+    both, classes, _, info = scan_clusters(source, known, segments=True)
+    extra = len(both.points) - len(plain.points)
+    assert extra > 0 and info['segmenter_views'] == str(extra)
+    # the extra views are the objects' own scans and labels, cut by the segmenter:
+    # table-trimmed, so smaller than the ground-truth object they stand for
+    tail = range(len(plain.points), len(both.points))
+    assert set(both.groups[list(tail)]) <= set(plain.groups.tolist())
+    assert set(both.labels[list(tail)]) <= set(plain.labels.tolist())
+    assert all(len(both.points[i]) < max(len(p) for p in plain.points) for i in tail)

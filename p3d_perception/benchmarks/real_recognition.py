@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--modes', nargs='+', choices=('gt', 'pipeline'), default=['gt', 'pipeline'])
     p.add_argument('--out', default='benchmarks/results/real_recognition',
                    help='folder for per-fold reports and the pooled confusion PNG')
+    p.add_argument('--keep-models', default=None, metavar='DIR',
+                   help="keep each fold's adapted model under DIR/fold<k> (default: a "
+                        'temporary folder, removed at the end)')
 
 
 def _pool(reports: list[dict], mode: str) -> dict:
@@ -60,14 +63,24 @@ def _pool(reports: list[dict], mode: str) -> dict:
                              / max(n, 1), 4)
     if mode == 'gt':
         q = [r['gt']['queries'] for r in reports]
-        asked = sum(x['queries_present'] for x in q)
-        absent = sum(x['queries_absent'] for x in q)
+
+        def pooled(key: str, count: str) -> float:
+            n_q = sum(x.get(count, 0) for x in q)
+            return round(sum(x[key] * x[count] for x in q if x.get(count)) / n_q, 4) \
+                if n_q else float('nan')
+
         out['queries'] = {
-            'min_score': q[0]['min_score'], 'present': asked, 'absent': absent,
-            'retrieval_at_1': round(sum(x['retrieval_at_1'] * x['queries_present']
-                                        for x in q) / max(asked, 1), 4),
-            'absent_rejection': round(sum(x['absent_rejection'] * x['queries_absent']
-                                          for x in q) / max(absent, 1), 4)}
+            'min_score': q[0]['min_score'], 'present': sum(x['queries_present'] for x in q),
+            'absent': sum(x['queries_absent'] for x in q),
+            'alias': sum(x.get('queries_alias', 0) for x in q),
+            'retrieval_at_1': pooled('retrieval_at_1', 'queries_present'),
+            'absent_rejection': pooled('absent_rejection', 'queries_absent'),
+            'alias_retrieval_at_1': pooled('alias_retrieval_at_1', 'queries_alias')}
+        n_any = out['queries']['present'] + out['queries']['alias']
+        out['queries']['retrieval_at_1_any_accepted_name'] = round(
+            (out['queries']['retrieval_at_1'] * out['queries']['present']
+             + (out['queries']['alias_retrieval_at_1'] * out['queries']['alias']
+                if out['queries']['alias'] else 0.0)) / n_any, 4) if n_any else float('nan')
     # each fold's rows are the categories its held-out scans hold: add them up by name
     names = sorted({c for r in reports for c in r['classes']})
     conf = np.zeros((len(names), len(reports[0][mode]['confusion_columns'])))
@@ -110,13 +123,14 @@ def run(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     folds, before = [], []
     with tempfile.TemporaryDirectory(prefix='p3d_real_cv_') as tmp:
+        models_dir = Path(args.keep_models or tmp)
         for k in range(args.folds):
             test = names[k::args.folds]
             train = [n for n in names if n not in test]
             print(f'fold {k + 1}/{args.folds}: adapting on {len(train)} scans, '
                   f'scoring {len(test)}', flush=True)
             cfg = load(FinetuneConfig, ft_cfg_path)
-            model_k = Path(tmp) / f'fold{k}'
+            model_k = models_dir / f'fold{k}'
             info = finetune(base, None, None, model_k, cfg,
                             scans=ScanSource(dirs=list(args.dirs), config=rules, scenes=train),
                             command='p3d bench real-recognition')

@@ -32,6 +32,12 @@ def _run(args: argparse.Namespace) -> int:
             extra = f", found {r['found']:.1%}" if 'found' in r else ''
             lines.append(f"{mode}: top-1 {r['top1']:.1%}, top-3 {r['top3']:.1%}{extra}; "
                          + ', '.join(f"{c} {v['top1']:.0%}" for c, v in r['per_class'].items()))
+    if 'gt' in report:
+        q = report['gt']['queries']
+        lines.append(f"queries at min_score {q['min_score']}: retrieval@1 "
+                     f"{q['retrieval_at_1']:.1%} of {q['queries_present']}, absent rejection "
+                     f"{q['absent_rejection']:.1%} of {q['queries_absent']}; names an object "
+                     f"only accepts: {q['alias_retrieval_at_1']:.1%} of {q['queries_alias']}")
     print('\n'.join(lines))
     print(json.dumps({'report': f'{args.out}/eval_real.json'}))
     return 0

@@ -126,6 +126,10 @@ class FinetuneConfig:
     #: alpha/beta are chosen on the validation groups from these grids, ties (a few dozen
     #: validation clusters tie often) going to Tip-Adapter's default alpha 1, beta 5.5
     example_cache: bool = True
+    #: with ``--scans``: also teach each object the cluster the project's segmenter cuts
+    #: for it (when it overlaps the object at IoU >= 0.5 and differs from it), so
+    #: training sees the table-trimmed, clipped and merged clusters the node labels
+    scan_segments: bool = False
     cache_alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
     cache_betas: tuple[float, ...] = (3.0, 5.5, 10.0, 20.0)
     #: the cache only ever adds weight to the labels it holds, so a choice made on the
@@ -533,27 +537,55 @@ class ScanSource:
     scenes: list[str] | None = None   # only these scans (None = all)
 
 
-def scan_clusters(source: ScanSource, known: list[str]
+def scan_clusters(source: ScanSource, known: list[str], segments: bool = False
                   ) -> tuple[ClusterSet, list[str], list[str], dict[str, str]]:
     """Ground-truth objects of real scans, gravity-aligned by their table.
 
     Each object is taught its rule's first label; a scan is one group, so early
-    stopping is measured on whole scans the adapters never saw.
+    stopping is measured on whole scans the adapters never saw. With ``segments`` an
+    object is taught a second time as the segmenter's cluster for it.
     """
     from p3d_perception.training.real_eval import load_config, load_scenes
     scenes, _ = load_scenes(source.dirs, load_config(source.config), source.scenes)
-    objects = [(i, s, o) for i, s in enumerate(scenes) for o in s.objects]
+    objects = [(i, s, o.points, o.colors, o) for i, s in enumerate(scenes) for o in s.objects]
     if not objects:
         raise ConfigError('no labelled objects in the given scans')
-    new = sorted({o.label for _, _, o in objects} - set(known))
+    if segments:
+        objects += _segmenter_views(scenes)
+    new = sorted({o.label for *_, o in objects} - set(known))
     classes = known + new
-    data = ClusterSet([gravity_aligned(o.points, s.up) for _, s, o in objects],
-                      [o.colors for _, _, o in objects],
-                      np.asarray([classes.index(o.label) for _, _, o in objects], np.int64),
-                      np.asarray([i for i, _, _ in objects], np.int64))
+    data = ClusterSet([gravity_aligned(p, s.up) for _, s, p, _, _ in objects],
+                      [c for _, _, _, c, _ in objects],
+                      np.asarray([classes.index(o.label) for *_, o in objects], np.int64),
+                      np.asarray([i for i, *_ in objects], np.int64))
     return data, classes, new, {'scans': ', '.join(source.dirs),
                                 'scenes': ', '.join(s.name for s in scenes),
-                                'labels': source.config}
+                                'labels': source.config,
+                                'segmenter_views': str(len(objects) - sum(
+                                    len(s.objects) for s in scenes)) if segments else '0'}
+
+
+def _segmenter_views(scenes) -> list[tuple]:
+    """(scan index, scan, points, colours, object) of the segmenter's cluster per object."""
+    from p3d_perception.cloud import read_pcd
+    from p3d_perception.segmentation import Segmenter
+    from p3d_perception.training.real_eval import MATCH_IOU
+    segmenter = Segmenter()
+    out = []
+    for i, s in enumerate(scenes):
+        cloud = read_pcd(s.path)
+        seg = segmenter(cloud)
+        for o in s.objects:
+            hits = seg.labels[o.indices]
+            hits = hits[hits >= 0]
+            if not len(hits):
+                continue
+            k = int(np.bincount(hits).argmax())
+            c = seg.clusters[k]
+            iou = (hits == k).sum() / (len(o.indices) + len(c.indices) - (hits == k).sum())
+            if MATCH_IOU <= iou < 0.97:
+                out.append((i, s, c.points.astype(np.float32), c.colors, o))
+    return out
 
 
 def finetune(model_dir: str | Path, dataset_dir: str | Path | None,
@@ -578,7 +610,7 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path | None,
     model, card = load_model(model_dir, device=device)
     known = list(card.get('prompt_labels') or card['training'].get('train_categories') or [])
     if scans is not None:
-        data, classes, new, source = scan_clusters(scans, known)
+        data, classes, new, source = scan_clusters(scans, known, cfg.scan_segments)
     else:
         data, classes, new, source = bag_clusters(dataset_dir, labels_file, known)
     train_idx, val_idx = split_by_group(data, cfg.val_fraction, cfg.max_clusters_per_label,

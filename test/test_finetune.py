@@ -238,3 +238,15 @@ def test_example_cache_may_not_swallow_the_known_categories(tiny_model):
                         'cpu', guard)
     assert free['alpha'] >= 1.0
     assert free['known_guard']['top1_without'] - free['known_guard']['top1_with'] > 0.02, free
+
+
+def test_label_balance_evens_out_the_commonest_label():
+    from p3d_perception.training.finetune import label_weights
+    labels = np.array([3] * 64 + [1] * 16 + [2] * 4)
+    assert label_weights(labels, 1.0) is None                      # plain uniform draws
+    sqrt = label_weights(labels, 0.5)
+    assert np.isclose(sqrt.sum(), 1.0)
+    # square-root sampling: shares 8 : 4 : 2 instead of 64 : 16 : 4
+    assert np.allclose([sqrt[labels == k].sum() for k in (3, 1, 2)], [8 / 14, 4 / 14, 2 / 14])
+    even = label_weights(labels, 0.0)
+    assert np.allclose([even[labels == k].sum() for k in (3, 1, 2)], 1 / 3)

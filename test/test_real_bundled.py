@@ -39,9 +39,9 @@ def test_bundled_model_beats_majority_and_shape_baselines_on_real_clutter(held_o
 @pytest.mark.slow
 def test_queries_find_what_is_there_and_reject_what_is_not(held_out_report):
     q = held_out_report['gt']['queries']
-    assert q['queries_present'] >= 25 and q['queries_absent'] >= 10
+    assert q['queries_present'] >= 20 and q['queries_absent'] >= 10 and q['queries_alias'] >= 1
     assert q['absent_rejection'] >= 0.8, [x for x in q['per_query'] if not x['present']]
-    assert q['retrieval_at_1'] >= 0.5
+    assert q['retrieval_at_1'] >= 0.6, [x for x in q['per_query'] if x['kind'] == 'present']
     # by hand: test50 has a chips tube and a tablet tube (tins) and no mug
     rows = {(x['scene'], x['query']): x for x in q['per_query']}
     assert rows[('test50', 'a tin')]['right']

@@ -139,20 +139,3 @@ def test_query_figures_keep_names_an_object_only_accepts_apart():
                       classes, 0.3)
     assert (q['queries_present'], q['queries_absent']) == (1, 2)
     assert q['absent_rejection'] == 0.5                   # "a can" scored 0.35
-
-
-def test_scan_objects_are_also_taught_as_the_segmenters_clusters(mosd_dir, repo_root):
-    from p3d_perception.training.finetune import ScanSource, scan_clusters
-    source = ScanSource([str(mosd_dir)], str(repo_root / 'config' / 'eval' / 'real_kinect.yaml'),
-                        ['learn33', 'learn40'])
-    known = ['tin', 'bowl', 'mug', 'cup']
-    plain, *_ = scan_clusters(source, known)
-    both, classes, _, info = scan_clusters(source, known, segments=True)
-    extra = len(both.points) - len(plain.points)
-    assert extra > 0 and info['segmenter_views'] == str(extra)
-    # the extra views are the objects' own scans and labels, cut by the segmenter:
-    # table-trimmed, so smaller than the ground-truth object they stand for
-    tail = range(len(plain.points), len(both.points))
-    assert set(both.groups[list(tail)]) <= set(plain.groups.tolist())
-    assert set(both.labels[list(tail)]) <= set(plain.labels.tolist())
-    assert all(len(both.points[i]) < max(len(p) for p in plain.points) for i in tail)

@@ -64,23 +64,21 @@ def _pool(reports: list[dict], mode: str) -> dict:
     if mode == 'gt':
         q = [r['gt']['queries'] for r in reports]
 
-        def pooled(key: str, count: str) -> float:
-            n_q = sum(x.get(count, 0) for x in q)
-            return round(sum(x[key] * x[count] for x in q if x.get(count)) / n_q, 4) \
-                if n_q else float('nan')
+        def pooled(key: str, *counts: str) -> float:
+            """A fold figure weighted by how many queries each fold asked of that kind."""
+            n = [sum(x[c] for c in counts) for x in q]
+            return round(sum(x[key] * k for x, k in zip(q, n) if k) / sum(n), 4) \
+                if sum(n) else float('nan')
 
         out['queries'] = {
             'min_score': q[0]['min_score'], 'present': sum(x['queries_present'] for x in q),
             'absent': sum(x['queries_absent'] for x in q),
-            'alias': sum(x.get('queries_alias', 0) for x in q),
+            'alias': sum(x['queries_alias'] for x in q),
             'retrieval_at_1': pooled('retrieval_at_1', 'queries_present'),
             'absent_rejection': pooled('absent_rejection', 'queries_absent'),
-            'alias_retrieval_at_1': pooled('alias_retrieval_at_1', 'queries_alias')}
-        n_any = out['queries']['present'] + out['queries']['alias']
-        out['queries']['retrieval_at_1_any_accepted_name'] = round(
-            (out['queries']['retrieval_at_1'] * out['queries']['present']
-             + (out['queries']['alias_retrieval_at_1'] * out['queries']['alias']
-                if out['queries']['alias'] else 0.0)) / n_any, 4) if n_any else float('nan')
+            'alias_retrieval_at_1': pooled('alias_retrieval_at_1', 'queries_alias'),
+            'retrieval_at_1_any_accepted_name': pooled('retrieval_at_1_any_accepted_name',
+                                                       'queries_present', 'queries_alias')}
     # each fold's rows are the categories its held-out scans hold: add them up by name
     names = sorted({c for r in reports for c in r['classes']})
     conf = np.zeros((len(names), len(reports[0][mode]['confusion_columns'])))

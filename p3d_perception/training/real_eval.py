@@ -324,23 +324,23 @@ def query_figures(scenes: Sequence[RealScene], embeddings: Sequence[np.ndarray],
                          'top_right': bool(right[best]), 'top': s.objects[best].name,
                          'score': round(float(sc[best]), 3)})
 
-    def share(sel, t: float) -> float:
+    def share(sel, t: float, rejection: bool = False) -> float:
+        """Right at min_score ``t``: nothing reaches it (rejection), else the top does."""
         if not sel:
             return float('nan')
-        if sel[0]['kind'] == 'absent':
-            return round(float(np.mean([r['score'] < t for r in sel])), 4)
-        return round(float(np.mean([r['top_right'] and r['score'] >= t for r in sel])), 4)
+        return round(float(np.mean([r['score'] < t if rejection else
+                                    r['top_right'] and r['score'] >= t for r in sel])), 4)
 
     present = [r for r in rows if r['kind'] == 'present']
     alias = [r for r in rows if r['kind'] == 'alias']
     absent = [r for r in rows if r['kind'] == 'absent']
     sweep = {str(t): {'retrieval_at_1': share(present, t),
-                      'absent_rejection': share(absent, t)}
+                      'absent_rejection': share(absent, t, rejection=True)}
              for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)}
     return {'min_score': min_score, 'queries_present': len(present),
             'queries_absent': len(absent), 'queries_alias': len(alias),
             'retrieval_at_1': share(present, min_score),
-            'absent_rejection': share(absent, min_score),
+            'absent_rejection': share(absent, min_score, rejection=True),
             'alias_retrieval_at_1': share(alias, min_score),
             'retrieval_at_1_any_accepted_name': share(present + alias, min_score),
             'sweep_min_score': sweep, 'per_query': rows}

@@ -63,7 +63,11 @@ def _yields_per_task(executor_cls, context, messages=15):
             time.sleep(0.01)
     finally:
         executor.shutdown()
+        # a spin thread still inside the C++ wait when the interpreter exits aborts the
+        # process ("terminate called without an active exception", rclpy#1484)
+        thread.join(10)
         node.destroy_node()
+    assert not thread.is_alive(), 'the executor did not stop spinning'
     assert len(got) == messages
     return max(counts.values())
 

@@ -106,6 +106,7 @@ class Harness:
 
     def close(self):
         self.executor.shutdown()
+        self.thread.join(10)      # a thread left in the C++ wait aborts at exit (rclpy#1484)
         self.node.destroy_node()
         self.client.destroy_node()
 
@@ -414,6 +415,7 @@ def test_managed_node_subscribes_only_while_active(rclpy_context, interfaces, ti
         assert node.pipeline is None
     finally:
         executor.shutdown()
+        thread.join(10)
         node.destroy_node()
         client.destroy_node()
     # a destroyed managed node leaves the graph (rclpy keeps its state machine, and with it

@@ -68,8 +68,7 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     for g in [g for g in groups if len(g) >= 30][:64]:
         p = points[g].astype(np.float64)
         h = p @ n + d
-        pieces.append(_Piece(g, p, h, float(np.percentile(h, 99)), p.min(axis=0),
-                             p.max(axis=0)))
+        pieces.append(_Piece(g, p, h, _percentile(h, 99), p.min(axis=0), p.max(axis=0)))
     parent = list(range(len(pieces)))
 
     def root(i: int) -> int:
@@ -164,6 +163,15 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
         if r != i:
             out[piece.indices] = labels[pieces[r].indices[0]]
     return out
+
+
+def _percentile(a: np.ndarray, q: float) -> float:
+    """np.percentile's linear estimate from a partial sort (several times faster there)."""
+    pos = q / 100 * (len(a) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(a) - 1)
+    part = np.partition(a, (lo, hi))
+    return float(part[lo] + (part[hi] - part[lo]) * (pos - lo))
 
 
 def _absorb_fragments(points: np.ndarray, labels: np.ndarray, keep: np.ndarray,

@@ -22,8 +22,11 @@ def _refit(points: np.ndarray, n: np.ndarray, d: float, thr: float,
             break
         q = points[inl]
         c = q.mean(axis=0)
-        _, _, vt = np.linalg.svd(q - c, full_matrices=False)
-        m = vt[2] if vt[2] @ n >= 0 else -vt[2]
+        # the normal is the scatter matrix's least eigenvector: a 3x3 problem instead
+        # of an SVD of every inlier
+        r = q - c
+        _, vec = np.linalg.eigh(r.T @ r)
+        m = vec[:, 0] if vec[:, 0] @ n >= 0 else -vec[:, 0]
         n, d = m, float(-m @ c)
         inl = np.abs(points @ n + d) < thr
     return n, d, inl
@@ -220,7 +223,8 @@ def _range_mask(points: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:
     """Finite points inside the range shell and the crop box."""
     x, y, z = points[..., 0], points[..., 1], points[..., 2]
     v = np.asarray(cfg.viewpoint, dtype=np.float32)
-    r2 = (x - v[0]) ** 2 + (y - v[1]) ** 2 + (z - v[2]) ** 2
+    rx, ry, rz = (x - v[0], y - v[1], z - v[2]) if v.any() else (x, y, z)
+    r2 = rx * rx + ry * ry + rz * rz
     mask = (r2 >= cfg.min_range ** 2) & (r2 <= cfg.max_range ** 2)  # NaN compares False
     if cfg.crop_min is not None:
         lo = cfg.crop_min

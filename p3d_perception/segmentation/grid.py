@@ -105,22 +105,8 @@ def _grid_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
     cut[:-1] |= ~ok_d
     cut[-1] = True
     if cfg.concave_cut:
-        conc, r_px, normals = _creases(grid, cand, valid, rng_, cfg, stride)
-        with np.errstate(invalid='ignore'):
-            crease = conc > cfg.crease_threshold
-            if colors is not None and cfg.colour_cut:
-                # a shallow valley alone is surface noise or a dent; where the
-                # surface also turns and the colour changes across it, two objects
-                # meet (a print edge or a jar's lid changes colour, not direction)
-                weak = (conc > cfg.colour_crease_threshold) & cand
-                weak &= _normal_turn(normals, r_px, math.cos(math.radians(20)))
-                weak &= _colour_edges(colors, valid, r_px, cfg.colour_threshold)
-                crease |= weak
-        if cfg.crease_dilate:
-            # a crease line found with one-pixel gaps in it would not separate
-            # anything: 4-connected components leak through any gap
-            crease = ndimage.binary_dilation(crease, _CROSS, iterations=cfg.crease_dilate)
-        cut |= crease
+        r_px = _crease_radius_px(grid, cand, valid, rng_, cfg, stride)
+        cut |= _crease_mask(grid, cand, valid, colors, cfg, r_px)
     core = cand & ~cut
     timings['cuts'] = (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()
@@ -149,17 +135,42 @@ def _grid_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
     return labels
 
 
-def _creases(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray, rng_: np.ndarray,
-             cfg: SegmentationConfig, stride: int) -> tuple[np.ndarray, int, np.ndarray]:
-    """Concavity per pixel (NaN where too few neighbours), window radius in pixels, normals.
+def _crease_radius_px(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
+                      rng_: np.ndarray, cfg: SegmentationConfig, stride: int) -> int:
+    """Window radius in pixels matching crease_radius at the candidates' median range."""
+    med = float(np.nanmedian(rng_[cand])) if cand.any() else 1.0
+    focal_px = _focal_estimate(grid, valid) / stride
+    return int(np.clip(round(cfg.crease_radius * focal_px / max(med, 1e-3)), 1, 8))
+
+
+def _crease_mask(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
+                 colors: np.ndarray | None, cfg: SegmentationConfig, r_px: int) -> np.ndarray:
+    """Pixels to cut at: concave creases, and with rgb the shallow ones that change colour."""
+    conc, normals = _creases(grid, valid, r_px, cfg)
+    with np.errstate(invalid='ignore'):
+        crease = conc > cfg.crease_threshold
+        if colors is not None and cfg.colour_cut:
+            # a shallow valley alone is surface noise or a dent; where the surface also
+            # turns and the colour changes across it, two objects meet (a print edge or
+            # a jar's lid changes colour, not direction)
+            weak = (conc > cfg.colour_crease_threshold) & cand
+            weak &= _normal_turn(normals, r_px, math.cos(math.radians(20)))
+            weak &= _colour_edges(colors, valid, r_px, cfg.colour_threshold)
+            crease |= weak
+    if cfg.crease_dilate:
+        # a crease line found with one-pixel gaps in it would not separate anything:
+        # 4-connected components leak through any gap
+        crease = ndimage.binary_dilation(crease, _CROSS, iterations=cfg.crease_dilate)
+    return crease
+
+
+def _creases(grid: np.ndarray, valid: np.ndarray, r_px: int,
+             cfg: SegmentationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Concavity per pixel (NaN where too few neighbours) and normals.
 
     A pixel is concave when its neighbourhood mean lies on the open side of the
     surface: ``(mean - point) . normal / crease_radius``.
     """
-    # pixel radius matching crease_radius at the candidates' median range
-    med = float(np.nanmedian(rng_[cand])) if cand.any() else 1.0
-    focal_px = _focal_estimate(grid, valid) / stride
-    r_px = int(np.clip(round(cfg.crease_radius * focal_px / max(med, 1e-3)), 1, 8))
     masked = _masked(grid, valid)
     big, cnt = _box_mean(grid, valid, r_px, masked)
     small, _ = _box_mean(grid, valid, 1, masked)
@@ -173,7 +184,7 @@ def _creases(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray, rng_: np.nda
         n *= (np.where(toward < 0, np.float32(-1), np.float32(1)) / _norm3(n))[..., None]
         conc = _dot3(big - small, nt) / np.float32(cfg.crease_radius)
         conc[~(cnt > 0.5 * (2 * r_px + 1) ** 2)] = np.nan
-        return conc, r_px, n
+        return conc, n
 
 
 def _cross3(a: np.ndarray, b: np.ndarray) -> np.ndarray:

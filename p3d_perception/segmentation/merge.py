@@ -34,12 +34,13 @@ def _merge_parts(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     A handle is judged against its body's size; the wall behind a handle is
     often a piece of its own until the container step joins it to the body.
     """
-    labels = _merge_stage(points, labels, plane, cfg, 'containers')
-    return _merge_stage(points, labels, plane, cfg, 'handles')
+    labels, kept = _merge_stage(points, labels, plane, cfg, 'containers', {})
+    return _merge_stage(points, labels, plane, cfg, 'handles', kept)[0]
 
 
 def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
-                 cfg: SegmentationConfig, stage: str) -> np.ndarray:
+                 cfg: SegmentationConfig, stage: str,
+                 reuse: dict[int, _Piece]) -> tuple[np.ndarray, dict[int, _Piece]]:
     """Rejoin what the cuts split off an object: a container's inside, a handle.
 
     The inner wall meets the floor of a container in a concave crease, and the
@@ -52,12 +53,15 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
 
     A handle meets its body in two thin creases. It is a thin upright slab, much
     smaller than the body, no higher than it, and it joins only the nearest body.
+
+    ``reuse`` holds pieces of a previous stage by label; those this stage leaves as
+    they were are returned the same way, so the next stage does not rebuild them.
     """
     from scipy.spatial import ConvexHull, QhullError, cKDTree
 
     groups = _label_groups(labels)
     if not groups:
-        return labels
+        return labels, {}
     n = np.asarray(plane[:3], dtype=np.float64)
     d = float(plane[3])
     view = np.asarray(cfg.viewpoint, dtype=np.float64)
@@ -66,9 +70,12 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     rim = cfg.rim_tolerance
     pieces = []
     for g in [g for g in groups if len(g) >= 30][:64]:
-        p = points[g].astype(np.float64)
-        h = p @ n + d
-        pieces.append(_Piece(g, p, h, _percentile(h, 99), p.min(axis=0), p.max(axis=0)))
+        piece = reuse.get(int(labels[g[0]]))
+        if piece is None or len(piece.indices) != len(g):
+            p = points[g].astype(np.float64)
+            h = p @ n + d
+            piece = _Piece(g, p, h, _percentile(h, 99), p.min(axis=0), p.max(axis=0))
+        pieces.append(piece)
     parent = list(range(len(pieces)))
 
     def root(i: int) -> int:
@@ -158,11 +165,14 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     for j, (_, i) in handle_of.items():
         parent[root(j)] = root(i)
     out = labels.copy()
+    roots = [root(i) for i in range(len(pieces))]
     for i, piece in enumerate(pieces):
-        r = root(i)
-        if r != i:
-            out[piece.indices] = labels[pieces[r].indices[0]]
-    return out
+        if roots[i] != i:
+            out[piece.indices] = labels[pieces[roots[i]].indices[0]]
+    joined = {r for i, r in enumerate(roots) if r != i}
+    unchanged = {int(labels[p.indices[0]]): p for i, p in enumerate(pieces)
+                 if roots[i] == i and i not in joined}
+    return out, unchanged
 
 
 def _percentile(a: np.ndarray, q: float) -> float:

@@ -129,13 +129,15 @@ def choose_support(found: list[tuple[np.ndarray, float, np.ndarray]], pts: np.nd
 
     parallel = [i for i in range(len(found)) if found[i][0] @ n0 > cos_par]
     best = 0
-    lo0, hi0 = _footprint(pts[m0], basis)
-    centre0 = (lo0 + hi0) / 2
+    centre0 = None      # the largest plane's footprint, needed only with a plane below it
     for i in parallel[1:]:
         n, d, m = found[i]
         drop = (-d0) - (-d)
         if not 3 * cfg.min_height < drop < cfg.support_rise or m.sum() < 0.25 * size0:
             continue
+        if centre0 is None:
+            lo0, hi0 = _footprint(pts[m0], basis)
+            centre0 = (lo0 + hi0) / 2
         lo, hi = _footprint(pts[m], basis)
         if ((lo <= centre0) & (centre0 <= hi)).all() and table_sized(i):
             if -d < -found[best][1]:

@@ -250,7 +250,7 @@ def _upsample_labels(sub_labels: np.ndarray, points: np.ndarray, keep: np.ndarra
         return full
     sh, sw = sub_labels.shape
     v, u = idx // w, idx % w
-    p = points[idx]
+    p = np.take(points, idx, axis=0)
     # the gap allowed grows with range, as in the grid cuts
     thr = tol * np.maximum(np.sqrt((p * p).sum(axis=1)), 0.5)
     best = np.full(idx.size, np.inf, dtype=np.float32)

@@ -72,7 +72,7 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     for g in [g for g in groups if len(g) >= 30][:64]:
         piece = reuse.get(int(labels[g[0]]))
         if piece is None or len(piece.indices) != len(g):
-            p = points[g].astype(np.float64)
+            p = np.take(points, g, axis=0).astype(np.float64)
             h = p @ n + d
             piece = _Piece(g, p, h, _percentile(h, 99), p.min(axis=0), p.max(axis=0))
         pieces.append(piece)
@@ -205,9 +205,9 @@ def _absorb_fragments(points: np.ndarray, labels: np.ndarray, keep: np.ndarray,
     if not is_loose.any() or is_loose.all():
         return lab
     loose_idx, big_idx = kept[is_loose], kept[~is_loose]
-    q = points[loose_idx].astype(np.float64)
+    q = np.take(points, loose_idx, axis=0).astype(np.float64)
     lo, hi = q.min(axis=0) - 0.05, q.max(axis=0) + 0.05
-    bp = points[big_idx]
+    bp = np.take(points, big_idx, axis=0)
     near = ((bp >= lo) & (bp <= hi)).all(axis=1)
     if not near.any():
         return lab

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from p3d_perception.segmentation.geometry import _unit
+from p3d_perception.segmentation.geometry import _norm3, _unit
 
 
 class GridView(NamedTuple):
@@ -54,18 +54,21 @@ def project_single_view(points: np.ndarray, use: np.ndarray, viewpoint,
     view = np.asarray(viewpoint, np.float32)
     probe = points[idx[:: max(1, idx.size // 5000)]].astype(np.float64) - view
     rot = _camera_axes(probe / np.linalg.norm(probe, axis=1, keepdims=True)).astype(np.float32)
-    rel = points[idx] - view
-    # one contiguous array per axis: numpy gathers and scatters these far faster
-    # than rows of an (N, 3) array
-    qx, qy, qz = (rel[:, 0] * rot[k, 0] + rel[:, 1] * rot[k, 1] + rel[:, 2] * rot[k, 2]
-                  for k in range(3))
+    # np.take and a 3x3 matmul (BLAS) are several times faster than fancy indexing
+    # and per-axis arithmetic on (N, 3) rows
+    rel = np.take(points, idx, axis=0)
+    if view.any():
+        rel -= view
+    q = rel @ rot.T
+    qz = q[:, 2]
     front = qz > 1e-3
     if front.mean() < 0.98:     # points all around the sensor: not one camera's view
         return None
     if not front.all():
-        idx, qx, qy, qz = idx[front], qx[front], qy[front], qz[front]
-    a = qx / qz
-    b = qy / qz
+        idx, q = idx[front], q[front]
+        qz = q[:, 2]
+    a = q[:, 0] / qz
+    b = q[:, 1] / qz
     lo_a, hi_a, lo_b, hi_b = float(a.min()), float(a.max()), float(b.min()), float(b.max())
     span = max(hi_a - lo_a, hi_b - lo_b, 1e-6)
     cell = span / 64
@@ -85,11 +88,8 @@ def project_single_view(points: np.ndarray, use: np.ndarray, viewpoint,
     shown = slot >= 0
     safe = np.where(shown, slot, 0)
     owner = np.where(shown, np.take(idx, safe), -1)
-    grid = np.empty((h * w, 3), dtype=np.float32)
-    for k, qk in enumerate((qx, qy, qz)):
-        col = np.take(qk, safe)
-        col[~shown] = np.nan
-        grid[:, k] = col
+    grid = np.take(q, safe, axis=0)
+    grid[~shown] = np.nan
     pixel = np.full(len(points), -1, dtype=np.int64)
     pixel[idx] = pix
     # one view fills its own image: a kept point's right or lower neighbour is
@@ -117,8 +117,9 @@ def labels_from_grid(view: GridView, grid_labels: np.ndarray, points: np.ndarray
     if rest.size:
         pix = view.pixel[rest]
         own = view.owner[pix]
-        d = np.linalg.norm(points[rest] - points[own], axis=1)
-        rng_ = np.linalg.norm(points[rest] - np.asarray(viewpoint, np.float32), axis=1)
+        mine = np.take(points, rest, axis=0)
+        d = _norm3(mine - np.take(points, own, axis=0))
+        rng_ = _norm3(mine - np.asarray(viewpoint, np.float32))
         ok = d <= tol * np.maximum(rng_, 0.5)
         out[rest[ok]] = flat[pix[ok]]
     out[~keep] = -1

@@ -165,7 +165,7 @@ class Segmenter:
                 break  # sorted by size
             if cfg.max_cluster_points and len(g) > cfg.max_cluster_points:
                 continue
-            p = cloud.points[g]
+            p = np.take(cloud.points, g, axis=0)
             box = oriented_box(p, plane)
             size = float(box.extent.max())
             if size < cfg.min_cluster_size or size > cfg.max_cluster_size:
@@ -174,7 +174,7 @@ class Segmenter:
             out[g] = cid
             clusters.append(Cluster(
                 id=cid, indices=g.astype(np.int64), points=np.ascontiguousarray(p),
-                colors=None if cloud.colors is None else cloud.colors[g],
+                colors=None if cloud.colors is None else np.take(cloud.colors, g, axis=0),
                 centroid=p.mean(axis=0, dtype=np.float64), box=box))
         return out, clusters
 

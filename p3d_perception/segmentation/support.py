@@ -50,7 +50,7 @@ def _ransac_planes(points: np.ndarray, cfg: SegmentationConfig, rng: np.random.G
         idx = np.flatnonzero(remaining)
         if idx.size < max(3, cfg.plane_min_points):
             break
-        sub = points[idx]
+        sub = np.take(points, idx, axis=0)
         tri = sub[rng.integers(0, idx.size, size=(cfg.plane_iterations, 3))]
         n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
         norm = np.linalg.norm(n, axis=1)
@@ -218,7 +218,7 @@ def plane_sample(cloud, in_range: np.ndarray, cfg: SegmentationConfig,
     idx = np.flatnonzero(in_range)
     if idx.size > cfg.plane_sample_points:
         idx = idx[rng.integers(0, idx.size, cfg.plane_sample_points)]
-    return pts[idx]
+    return np.take(pts, idx, axis=0)
 
 
 def _range_mask(points: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:

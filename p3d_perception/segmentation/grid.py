@@ -18,6 +18,9 @@ from p3d_perception.segmentation.config import SegmentationConfig
 from p3d_perception.segmentation.geometry import _dot3, _norm3
 
 
+#: pixels of context kept around the candidates' bounding box for the neighbourhood tests
+CROP_MARGIN_PX = 12
+
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
 
@@ -70,7 +73,7 @@ def _organized_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
     if not cand.any():
         return labels_full
     rows, cols = np.flatnonzero(cand.any(axis=1)), np.flatnonzero(cand.any(axis=0))
-    m = 12
+    m = CROP_MARGIN_PX
     box = (slice(max(rows[0] - m, 0), rows[-1] + m + 1), slice(max(cols[0] - m, 0),
                                                                cols[-1] + m + 1))
     labels_full[box] = _grid_labels(np.ascontiguousarray(grid[box]), cand[box], valid[box],

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from p3d_perception.segmentation.geometry import _norm3, _unit
+from p3d_perception.segmentation.grid import CROP_MARGIN_PX
 
 
 class GridView(NamedTuple):
@@ -40,13 +41,18 @@ def _camera_axes(directions: np.ndarray) -> np.ndarray:
 
 
 def project_single_view(points: np.ndarray, use: np.ndarray, viewpoint,
-                        max_pixels: int = 1_500_000) -> GridView | None:
+                        max_pixels: int = 1_500_000,
+                        focus: np.ndarray | None = None) -> GridView | None:
     """A grid for the ``use`` points as one camera would have seen them, or None.
 
     The pixel pitch comes from the point density in the image plane (x/z, y/z):
     the occupied area over the point count, made 10 % coarser so a camera's own
     lattice never leaves empty pixels between neighbours (a few points share a
     pixel instead; they take that pixel's label afterwards).
+
+    With ``focus`` (a mask of the points that matter, the object candidates) the
+    grid covers only their pixels and the context the grid stage reads around
+    them: the same pixels as the whole image would give, without filling the rest.
     """
     idx = np.flatnonzero(use)
     if idx.size < 100:
@@ -82,6 +88,15 @@ def project_single_view(points: np.ndarray, use: np.ndarray, viewpoint,
         return None
     u = ((a - lo_a) * (1 / pitch)).astype(np.int64)
     v = ((b - lo_b) * (1 / pitch)).astype(np.int64)
+    if focus is not None:
+        fu, fv = u[focus[idx]], v[focus[idx]]
+        if fu.size:
+            m = CROP_MARGIN_PX + 2
+            u0, u1 = max(int(fu.min()) - m, 0), min(int(fu.max()) + m, w - 1)
+            v0, v1 = max(int(fv.min()) - m, 0), min(int(fv.max()) + m, h - 1)
+            inside = (u >= u0) & (u <= u1) & (v >= v0) & (v <= v1)
+            idx, q, u, v = idx[inside], q[inside], u[inside] - u0, v[inside] - v0
+            w, h = u1 - u0 + 1, v1 - v0 + 1
     pix = v * w + u
     slot = np.full(h * w, -1, dtype=np.int64)
     slot[pix] = np.arange(idx.size)     # one of the points sharing a pixel shows it

@@ -114,7 +114,7 @@ class Segmenter:
             timings['upsample'] = (time.perf_counter() - t0) * 1e3
         else:
             t0 = time.perf_counter()
-            view = (project_single_view(pts, in_range, cfg.viewpoint)
+            view = (project_single_view(pts, in_range, cfg.viewpoint, focus=keep)
                     if cfg.project_unorganised and keep.any() else None)
             timings['project'] = (time.perf_counter() - t0) * 1e3
             if view is not None:

@@ -114,26 +114,50 @@ def _grid_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
     labels, num = ndimage.label(core)
     labels -= 1  # -1 background
     # give cut candidate pixels the label of a close 4-neighbour (a few sweeps)
-    todo = cand & (labels < 0)
+    _rejoin(labels, cand & (labels < 0), ok_r, ok_d, 3 * max(1, 4 // stride))
+    timings['components'] = (time.perf_counter() - t0) * 1e3
+    return labels
+
+
+def _rejoin(labels: np.ndarray, todo: np.ndarray, ok_r: np.ndarray, ok_d: np.ndarray,
+            sweeps: int) -> None:
+    """Cut pixels take the label of a 4-neighbour they are not separated from by a gap.
+
+    Each sweep tries the right, lower, left and upper neighbour in turn; a move reads
+    the labels as they were before it. The cut pixels are a thin minority (crease
+    lines), so the sweeps run over their coordinates rather than the whole grid.
+    """
     h, w = labels.shape
-    # (target slice, source slice, edge mask) for right, down, left, up neighbours
-    moves = ((np.s_[:, :-1], np.s_[:, 1:], ok_r), (np.s_[:-1], np.s_[1:], ok_d),
-             (np.s_[:, 1:], np.s_[:, :-1], ok_r), (np.s_[1:], np.s_[:-1], ok_d))
-    for _ in range(3 * max(1, 4 // stride)):
-        if not todo.any():
+    flat = labels.reshape(-1)
+    tv, tu = np.nonzero(todo)
+    pix = tv * w + tu
+    # per cut pixel and move: may it link to that neighbour (inside the grid, no gap)?
+    links = np.zeros((4, pix.size), dtype=bool)
+    m = tu < w - 1
+    links[0, m] = ok_r[tv[m], tu[m]]
+    m = tv < h - 1
+    links[1, m] = ok_d[tv[m], tu[m]]
+    m = tu > 0
+    links[2, m] = ok_r[tv[m], tu[m] - 1]
+    m = tv > 0
+    links[3, m] = ok_d[tv[m] - 1, tu[m]]
+    offsets = (1, w, -1, -w)
+    for _ in range(sweeps):
+        if pix.size == 0:
             break
         changed = False
-        for dst, src, edge in moves:
-            nl = labels[src]
-            ok = todo[dst] & (nl >= 0) & edge
+        for k, off in enumerate(offsets):
+            link = links[k]
+            nbr = np.full(pix.size, -1, dtype=flat.dtype)
+            nbr[link] = flat[pix[link] + off]
+            ok = nbr >= 0
             if ok.any():
-                labels[dst][ok] = nl[ok]
-                todo[dst] &= ~ok
+                flat[pix[ok]] = nbr[ok]
+                keep = ~ok
+                pix, links = pix[keep], links[:, keep]
                 changed = True
         if not changed:
             break
-    timings['components'] = (time.perf_counter() - t0) * 1e3
-    return labels
 
 
 def _crease_radius_px(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,

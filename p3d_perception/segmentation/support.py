@@ -20,12 +20,11 @@ def _refit(points: np.ndarray, n: np.ndarray, d: float, thr: float,
     for _ in range(rounds):
         if inl.sum() < 3:
             break
-        q = points[inl]
-        c = q.mean(axis=0)
+        q = np.compress(inl, points, axis=0)
         # the normal is the scatter matrix's least eigenvector: a 3x3 problem instead
-        # of an SVD of every inlier
-        r = q - c
-        _, vec = np.linalg.eigh(r.T @ r)
+        # of an SVD of every inlier, its sums as BLAS products
+        c = np.ones(len(q)) @ q / len(q)
+        _, vec = np.linalg.eigh(q.T @ q / len(q) - np.outer(c, c))
         m = vec[:, 0] if vec[:, 0] @ n >= 0 else -vec[:, 0]
         n, d = m, float(-m @ c)
         inl = np.abs(points @ n + d) < thr

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from p3d_perception.segmentation.geometry import _plane_basis, _unit
+from p3d_perception.segmentation.geometry import _cross, _plane_basis, _unit
 
 
 @dataclass
@@ -21,10 +21,27 @@ class OrientedBox:
     rotation: np.ndarray
 
 
+def _outside_quad(pts: np.ndarray) -> np.ndarray:
+    """The points not strictly inside the quadrilateral of the four axis extremes.
+
+    No point inside it can be a hull vertex (Akl-Toussaint), and on a cluster's
+    footprint it holds most points, so the hull is built on a few.
+    """
+    if len(pts) < 16:
+        return pts
+    quad = pts[[np.argmin(pts[:, 0]), np.argmin(pts[:, 1]), np.argmax(pts[:, 0]),
+                np.argmax(pts[:, 1])]]        # counter-clockwise: left, bottom, right, top
+    inside = np.ones(len(pts), dtype=bool)
+    for k in range(4):
+        a, b = quad[k], quad[(k + 1) % 4]
+        inside &= ((b[0] - a[0]) * (pts[:, 1] - a[1]) - (b[1] - a[1]) * (pts[:, 0] - a[0])) > 0
+    return pts[~inside]
+
+
 def _min_area_rect(uv: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Centre, size and angle of the minimum-area rectangle around 2D points."""
     from scipy.spatial import ConvexHull, QhullError
-    pts = uv if len(uv) <= 4000 else uv[::len(uv) // 2000]
+    pts = _outside_quad(uv if len(uv) <= 4000 else uv[::len(uv) // 2000])
     try:
         hull = pts[ConvexHull(pts).vertices] if len(pts) >= 3 else pts
     except (QhullError, ValueError):
@@ -65,7 +82,7 @@ def oriented_box(points: np.ndarray, plane: np.ndarray | None = None) -> Oriente
     uv = np.stack([p @ a, p @ b], axis=1)
     centre2, size2, ang = _min_area_rect(uv)
     ax1 = math.cos(ang) * a + math.sin(ang) * b
-    ax2 = np.cross(n, ax1)
+    ax2 = _cross(n, ax1)
     h = p @ n + d
     top = max(float(h.max()), 0.0)
     bottom = 0.0 if h.min() > -0.05 else float(h.min())

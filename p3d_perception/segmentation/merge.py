@@ -13,7 +13,8 @@ from typing import NamedTuple
 import numpy as np
 
 from p3d_perception.segmentation.config import SegmentationConfig
-from p3d_perception.segmentation.geometry import _label_groups, _norm3, _plane_basis
+from p3d_perception.segmentation.geometry import (
+    _bounds, _label_groups, _mean_rows, _norm3, _plane_basis)
 
 
 class _Piece(NamedTuple):
@@ -74,7 +75,7 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
         if piece is None or len(piece.indices) != len(g):
             p = np.take(points, g, axis=0).astype(np.float64)
             h = p @ n + d
-            piece = _Piece(g, p, h, _percentile(h, 99), p.min(axis=0), p.max(axis=0))
+            piece = _Piece(g, p, h, _percentile(h, 99), *_bounds(p))
         pieces.append(piece)
     parent = list(range(len(pieces)))
 
@@ -120,7 +121,7 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
         """
         if j not in slab:
             f = pieces[j]
-            c = f.points - f.points.mean(axis=0)
+            c = f.points - _mean_rows(f.points)
             var, vec = np.linalg.eigh(c.T @ c / len(c))
             sd = np.sqrt(np.maximum(var, 0))
             slab[j] = bool(sd[0] < 0.25 * sd[2] and sd[0] < 0.008 and abs(vec[:, 0] @ n) < 0.5)
@@ -206,9 +207,12 @@ def _absorb_fragments(points: np.ndarray, labels: np.ndarray, keep: np.ndarray,
         return lab
     loose_idx, big_idx = kept[is_loose], kept[~is_loose]
     q = np.take(points, loose_idx, axis=0).astype(np.float64)
-    lo, hi = q.min(axis=0) - 0.05, q.max(axis=0) + 0.05
+    lo, hi = _bounds(q)
+    lo, hi = lo - 0.05, hi + 0.05
     bp = np.take(points, big_idx, axis=0)
-    near = ((bp >= lo) & (bp <= hi)).all(axis=1)
+    near = (bp[:, 0] >= lo[0]) & (bp[:, 0] <= hi[0])
+    for k in (1, 2):
+        near &= (bp[:, k] >= lo[k]) & (bp[:, k] <= hi[k])
     if not near.any():
         return lab
     big_idx, bp = big_idx[near], bp[near].astype(np.float64)

@@ -18,7 +18,7 @@ import numpy as np
 from p3d_perception.cloud import Cloud, CloudError
 from p3d_perception.segmentation.boxes import OrientedBox, oriented_box
 from p3d_perception.segmentation.config import SegmentationConfig
-from p3d_perception.segmentation.geometry import _label_groups
+from p3d_perception.segmentation.geometry import _label_groups, _mean_rows
 from p3d_perception.segmentation.grid import _organized_labels, _upsample_labels
 from p3d_perception.segmentation.merge import _absorb_fragments, _merge_parts
 from p3d_perception.segmentation.projection import labels_from_grid, project_single_view
@@ -175,7 +175,7 @@ class Segmenter:
             clusters.append(Cluster(
                 id=cid, indices=g.astype(np.int64), points=np.ascontiguousarray(p),
                 colors=None if cloud.colors is None else np.take(cloud.colors, g, axis=0),
-                centroid=p.mean(axis=0, dtype=np.float64), box=box))
+                centroid=_mean_rows(p), box=box))
         return out, clusters
 
 

@@ -85,12 +85,21 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
             i = parent[i]
         return i
 
-    def seen_through_opening(f: _Piece, other: _Piece) -> bool:
-        top = max(f.top, other.top)
+    def seen_through_opening(a: _Piece, b: _Piece) -> bool:
+        """Whether one piece is seen through the opening the two rims ring.
+
+        The rim test is the same for either piece, so it runs once per pair, and only
+        when a piece has enough points below the rim to be an inside at all.
+        """
+        top = max(a.top, b.top)
         if h_view <= top + rim:  # the sensor must look down into the opening
             return False
-        ring = np.vstack([f.points[f.heights >= top - rim],
-                          other.points[other.heights >= top - rim]]) @ basis.T
+        lows = [(f, f.heights < top - 2 * rim) for f in (a, b)]
+        lows = [(f, low) for f, low in lows if low.sum() >= 0.4 * len(f.heights)]
+        if not lows:
+            return False
+        ring = np.vstack([a.points[a.heights >= top - rim],
+                          b.points[b.heights >= top - rim]]) @ basis.T
         if len(ring) < 10:
             return False
         try:
@@ -104,13 +113,14 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
         sectors = np.unique((np.arctan2(rel[:, 1], rel[:, 0]) / (np.pi / 8)).astype(int))
         if len(sectors) < 11 or radius.min() < 0.4 * np.median(radius):
             return False
-        low = f.heights < top - 2 * rim
-        if low.sum() < 0.4 * len(f.heights):
-            return False
-        t = (top - h_view) / (f.heights[low] - h_view)
-        q = (view + t[:, None] * (f.points[low] - view)) @ basis.T
-        inside = (q @ hull.equations[:, :2].T + hull.equations[:, 2] <= -0.5 * rim).all(axis=1)
-        return bool(inside.mean() >= 0.6)
+        for f, low in lows:
+            t = (top - h_view) / (f.heights[low] - h_view)
+            q = (view + t[:, None] * (f.points[low] - view)) @ basis.T
+            inside = (q @ hull.equations[:, :2].T + hull.equations[:, 2]
+                      <= -0.5 * rim).all(axis=1)
+            if inside.mean() >= 0.6:
+                return True
+        return False
 
     slab: dict[int, bool] = {}
 
@@ -159,7 +169,7 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
             if dist > link:
                 continue
             if stage == 'containers':
-                if seen_through_opening(a, b) or seen_through_opening(b, a):
+                if seen_through_opening(a, b):
                     parent[root(j)] = root(i)
             elif dist < handle_of.get(j, (np.inf, -1))[0]:
                 handle_of[j] = (dist, i)

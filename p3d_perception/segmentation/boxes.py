@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from p3d_perception.segmentation.geometry import _cross, _plane_basis, _unit
+from p3d_perception.segmentation.geometry import _cross3, _plane_basis, _unit
 
 
 @dataclass
@@ -82,7 +82,7 @@ def oriented_box(points: np.ndarray, plane: np.ndarray | None = None) -> Oriente
     uv = np.stack([p @ a, p @ b], axis=1)
     centre2, size2, ang = _min_area_rect(uv)
     ax1 = math.cos(ang) * a + math.sin(ang) * b
-    ax2 = _cross(n, ax1)
+    ax2 = _cross3(n, ax1)
     h = p @ n + d
     top = max(float(h.max()), 0.0)
     bottom = 0.0 if h.min() > -0.05 else float(h.min())

@@ -50,16 +50,27 @@ def _unit(v) -> np.ndarray:
     return v / math.sqrt(float(v @ v))
 
 
-def _cross(a, b) -> np.ndarray:
-    """Cross product of two 3-vectors (np.cross costs more than the arithmetic here)."""
-    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2],
-                     a[0] * b[1] - a[1] * b[0]], dtype=np.float64)
+def _cross3(a, b) -> np.ndarray:
+    """Cross product over the last axis of size 3: of two 3-vectors, or of two grids.
+
+    np.cross costs several times the arithmetic, on grids and on single vectors alike.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    dtype = np.result_type(a, b, np.float32)
+    a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+    out = np.empty_like(a)
+    ax, ay, az = a[..., 0], a[..., 1], a[..., 2]
+    bx, by, bz = b[..., 0], b[..., 1], b[..., 2]
+    np.subtract(ay * bz, az * by, out=out[..., 0])
+    np.subtract(az * bx, ax * bz, out=out[..., 1])
+    np.subtract(ax * by, ay * bx, out=out[..., 2])
+    return out
 
 
 def _plane_basis(n: np.ndarray) -> np.ndarray:
     """Two unit in-plane axes (rows) for 2D footprints on a plane with normal ``n``."""
-    a = _unit(_cross(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0]))
-    return np.stack([a, _cross(n, a)])
+    a = _unit(_cross3(n, [1.0, 0, 0] if abs(n[0]) < 0.9 else [0, 1.0, 0]))
+    return np.stack([a, _cross3(n, a)])
 
 
 def _label_groups(labels: np.ndarray) -> list[np.ndarray]:

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from p3d_perception.segmentation.config import SegmentationConfig
-from p3d_perception.segmentation.geometry import _dot3, _norm3
+from p3d_perception.segmentation.geometry import _cross3, _dot3, _norm3
 
 
 #: pixels of context kept around the candidates' bounding box for the neighbourhood tests
@@ -182,11 +182,10 @@ def _crease_mask(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
             weak &= _normal_turn(normals, r_px, math.cos(math.radians(20)))
             weak &= _colour_edges(colors, valid, r_px, cfg.colour_threshold)
             crease |= weak
-    if cfg.crease_dilate:
-        # a crease line found with one-pixel gaps in it would not separate anything:
-        # 4-connected components leak through any gap
-        for _ in range(cfg.crease_dilate):
-            crease = _dilate_cross(crease)
+    # a crease line found with one-pixel gaps in it would not separate anything:
+    # 4-connected components leak through any gap
+    for _ in range(cfg.crease_dilate):
+        crease = _dilate_cross(crease)
     return crease
 
 
@@ -221,17 +220,6 @@ def _creases(grid: np.ndarray, valid: np.ndarray, r_px: int,
         conc = _dot3(big - small, nt) / np.float32(cfg.crease_radius)
         conc[~(cnt > 0.5 * (2 * r_px + 1) ** 2)] = np.nan
         return conc, n
-
-
-def _cross3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cross product over the last axis of size 3 (np.cross is several times slower)."""
-    out = np.empty_like(a)
-    ax, ay, az = a[..., 0], a[..., 1], a[..., 2]
-    bx, by, bz = b[..., 0], b[..., 1], b[..., 2]
-    np.subtract(ay * bz, az * by, out=out[..., 0])
-    np.subtract(az * bx, ax * bz, out=out[..., 1])
-    np.subtract(ax * by, ay * bx, out=out[..., 2])
-    return out
 
 
 def _normal_turn(normals: np.ndarray, r_px: int, cos_max: float) -> np.ndarray:

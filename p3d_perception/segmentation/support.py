@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 
 from p3d_perception.segmentation.config import OPTICAL_UP_HINT, SegmentationConfig
-from p3d_perception.segmentation.geometry import _dot3, _plane_basis, _unit
+from p3d_perception.segmentation.geometry import _dot3, _mean_rows, _plane_basis, _unit
 
 
 def _refit(points: np.ndarray, n: np.ndarray, d: float, thr: float,
@@ -23,7 +23,7 @@ def _refit(points: np.ndarray, n: np.ndarray, d: float, thr: float,
         q = np.compress(inl, points, axis=0)
         # the normal is the scatter matrix's least eigenvector: a 3x3 problem instead
         # of an SVD of every inlier, its sums as BLAS products
-        c = np.ones(len(q)) @ q / len(q)
+        c = _mean_rows(q)
         _, vec = np.linalg.eigh(q.T @ q / len(q) - np.outer(c, c))
         m = vec[:, 0] if vec[:, 0] @ n >= 0 else -vec[:, 0]
         n, d = m, float(-m @ c)

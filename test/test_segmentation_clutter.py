@@ -64,3 +64,50 @@ def test_colour_change_across_a_shallow_valley_splits_touching_boxes(mosd_dir):
     bare = Cloud(cloud.points, None, cloud.height, cloud.width)
     assert np.array_equal(Segmenter(SegmentationConfig(colour_cut=True))(bare).labels >= 0,
                           Segmenter(SegmentationConfig(colour_cut=False))(cloud).labels >= 0)
+
+
+def _behind_scene(gap: float):
+    """A long box lying behind a tall can that hides its middle from the camera.
+
+    With ``gap`` > 0 the long box is two boxes of the same height ``gap`` apart
+    (the can hides some of the gap, the table shows through the rest).
+    """
+    half = (0.30 - gap) / 2
+    if gap:
+        back = [(solid([box(half, 0.08, 0.07)], (200, 60, 60), 'box'),
+                 yaw_pose(-(gap + half) / 2, 0.12, 0, 0.0)),
+                (solid([box(half, 0.08, 0.07)], (200, 60, 60), 'box'),
+                 yaw_pose((gap + half) / 2, 0.12, 0, 0.0))]
+    else:
+        back = [(solid([box(0.30, 0.08, 0.07)], (200, 60, 60), 'box'),
+                 yaw_pose(0.0, 0.12, 0, 0.0))]
+    front = (solid([cylinder(0.04, 0.20)], (230, 190, 40), 'can'), yaw_pose(0.0, 0.0, 0, 0))
+    return arranged_scene(back + [front], table_size=(1.4, 0.9))
+
+
+@pytest.mark.parametrize('gap', [0.0, 0.12])
+def test_an_object_split_by_one_in_front_of_it_is_one_cluster(gap):
+    from p3d_perception.cloud import Cloud
+    scene = _behind_scene(gap)
+    pose = orbit_pose(np.array([0.0, 0.05, 0.05]), 0.9, 30.0, -90.0)
+    frame = render(scene, 'kinect', np.random.default_rng(2), pose=pose)
+    cloud = Cloud(frame.points, frame.colors, frame.height, frame.width)
+    gt = np.where(frame.instance > 0, frame.instance, -1)
+    seg = match_instances(Segmenter()(cloud).labels, gt)
+    split = match_instances(Segmenter(SegmentationConfig(merge_occluded=False))(cloud).labels,
+                            gt)
+    assert seg['matched'] == seg['objects'] == (2 if gap == 0 else 3), seg['best_iou']
+    if gap == 0:
+        # the can hides the box's middle: without the occlusion merge it is two pieces
+        assert split['matched'] < split['objects'], split['best_iou']
+
+
+def test_boxes_split_by_a_can_in_front_of_them_rejoin_on_real_scans(mosd_dir):
+    for scene in ('learn28', 'learn31'):
+        cloud = read_pcd(mosd_dir / f'{scene}.pcd')
+        gt, _ = mosd_ground_truth(cloud.fields['label'])
+        m = match_instances(Segmenter()(cloud).labels, gt)
+        assert m['matched'] == m['objects'] == 2, (scene, m['best_iou'])
+        off = match_instances(
+            Segmenter(SegmentationConfig(merge_occluded=False))(cloud).labels, gt)
+        assert off['matched'] == 1 and off['over_segmented'] == 1, (scene, off['best_iou'])

@@ -75,6 +75,9 @@ class SegmentationConfig:
     min_cluster_size: float = 0.02    #: clusters whose largest side is shorter are dropped (m)
     max_cluster_size: float = 0.9     #: clusters whose largest side is longer are dropped (m)
     merge_containers: bool = True     #: rejoin container insides and handles to their object
+    #: rejoin the two sides of an object split by one in front of it (same top height, one
+    #: side face running on across a gap that something nearer hides everywhere)
+    merge_occluded: bool = True
     rim_tolerance: float = 0.01       #: rims of one container agree in height within this (m)
     seed: int = 0                     #: RANSAC random seed (results are deterministic)
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from p3d_perception.segmentation.config import SegmentationConfig
 from p3d_perception.segmentation.geometry import (
-    _bounds, _label_groups, _mean_rows, _norm3, _plane_basis)
+    _bounds, _label_groups, _mean_rows, _norm3, _plane_basis, _unit)
 
 
 class _Piece(NamedTuple):
@@ -235,3 +235,170 @@ def _absorb_fragments(points: np.ndarray, labels: np.ndarray, keep: np.ndarray,
     lab[loose_idx] = -1
     lab[loose_idx[ok]] = lab[big_idx[nn[ok]]]
     return lab
+
+
+def _face_near(piece: _Piece, at: np.ndarray, top: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """(centroid, normal) of the top or the side a piece shows near ``at``, if flat there."""
+    upper = piece.heights >= piece.top - 0.015
+    near = (_norm3(piece.points - at) < 0.04) & (upper if top else ~upper)
+    if near.sum() < 20:
+        return None
+    p = piece.points[near]
+    for _ in range(2):      # once more without the mixed pixels at an occluder's edge
+        c = _mean_rows(p)
+        var, vec = np.linalg.eigh((p - c).T @ (p - c) / len(p))
+        off = np.abs((p - c) @ vec[:, 0])
+        p = p[off <= max(0.003, 2.5 * float(np.median(off)))]
+        if len(p) < 20:
+            return None
+    if np.sqrt(max(var[0], 0.0)) > 0.004:
+        return None
+    return c, vec[:, 0]
+
+
+def _faces_run_on(a: _Piece, pa: np.ndarray, b: _Piece, pb: np.ndarray) -> bool:
+    """Whether the faces the pieces show at their facing ends are one plane.
+
+    The side faces where both show one, else the tops (a box lying flat seen from
+    above shows only its top there).
+    """
+    for top in (False, True):
+        fa, fb = _face_near(a, pa, top), _face_near(b, pb, top)
+        if fa is not None and fb is not None:
+            return abs(float(fa[1] @ fb[1])) >= 0.95 and \
+                abs(float((fb[0] - fa[0]) @ fa[1])) <= 0.01
+    return False
+
+
+def _gap_samples(a: _Piece, b: _Piece, n: np.ndarray, d: float,
+                 basis: np.ndarray) -> np.ndarray:
+    """Points just below the rim over the part of the pair's footprint neither piece covers.
+
+    If the two are one object, that is where the rest of it stands, and its top is
+    what the sensor would have seen of it there.
+    """
+    from scipy.spatial import ConvexHull, QhullError, cKDTree
+
+    own = np.vstack([a.points[::max(1, len(a.points) // 1500)],
+                     b.points[::max(1, len(b.points) // 1500)]]) @ basis.T
+    try:
+        hull = ConvexHull(own)
+    except (QhullError, ValueError):
+        return np.zeros((0, 3))
+    lo, hi = own.min(axis=0), own.max(axis=0)
+    step = max(0.01, float(np.sqrt(np.prod(hi - lo) / 400)))
+    gx, gy = np.meshgrid(np.arange(lo[0], hi[0], step), np.arange(lo[1], hi[1], step))
+    q = np.column_stack([gx.ravel(), gy.ravel()])
+    q = q[(q @ hull.equations[:, :2].T + hull.equations[:, 2] <= 0).all(axis=1)]
+    if len(q):
+        q = q[cKDTree(own).query(q, k=1)[0] > 0.015]
+    h = min(a.top, b.top) - 0.01     # below the rim: a ray past a far edge sees the table
+    return -d * n + q @ basis + h * n
+
+
+def _gap_hidden(points: np.ndarray, view: np.ndarray, samples: np.ndarray,
+                tol: float = 0.004) -> bool:
+    """Whether the sensor's view of ``samples`` is blocked by something nearer.
+
+    What each ray met first is what the sensor saw there: a nearer surface hides the
+    sample, one beyond it (the table, the wall) shows that nothing stands there, and
+    a ray that met nothing (a depth shadow at an occluder's edge) says nothing either
+    way. Most samples must be hidden, and hardly any seen through.
+    """
+    from scipy.spatial import cKDTree
+
+    if len(samples) < 3:
+        return False
+    s = samples - view
+    r = _norm3(s)
+    mid = _unit((s / r[:, None]).mean(axis=0))
+    axes = np.vstack([mid, _plane_basis(mid)])
+    # gnomonic coordinates about the mean ray: distances there are angles, and three
+    # BLAS matrix-vector products give them without normalising the cloud (NaNs drop out)
+    own = s @ axes.T
+    slope = own[:, 1:] / own[:, :1]
+    reach = float(np.hypot(slope[:, 0], slope[:, 1]).max()) + tol
+    ax = axes.astype(points.dtype)
+    off = (view @ axes.T).astype(points.dtype)
+    c0, c1, c2 = (points @ ax[k] - off[k] for k in range(3))
+    near = np.flatnonzero((c0 > 0) & (c1 * c1 + c2 * c2 <= np.float32(reach ** 2) * c0 * c0))
+    if near.size == 0:
+        return False
+    c = np.column_stack([np.take(c0, near), np.take(c1, near), np.take(c2, near)]
+                        ).astype(np.float64)
+    cs = c[:, 1:] / c[:, :1]
+    tree = cKDTree(cs, balanced_tree=False, compact_nodes=False)
+    dist, nn = tree.query(slope, k=1)
+    seen = dist <= tol
+    first = _norm3(c[np.minimum(nn, len(c) - 1)])
+    through = int((seen & (first > r + 0.02)).sum())
+    hidden = int((seen & (first < r - 0.02)).sum())
+    return through <= 0.05 * len(r) and hidden >= 0.5 * len(r)
+
+
+def _merge_occluded(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
+                    cfg: SegmentationConfig) -> np.ndarray:
+    """Rejoin the two sides of an object that one in front of it splits in two.
+
+    A box behind a can shows a left and a right piece with nothing between them in
+    the image but the can. Separate objects side by side differ in at least one of
+    what the two sides of one object share: the same top height, a side face that
+    runs on from one piece to the other as one plane, and a gap between them that
+    is hidden, everywhere along it, by something nearer the sensor.
+    """
+    from scipy.spatial import cKDTree
+
+    groups = [g for g in _label_groups(labels) if len(g) >= cfg.min_cluster_points][:64]
+    if len(groups) < 3:     # two sides and an occluder
+        return labels
+    n = np.asarray(plane[:3], dtype=np.float64)
+    d = float(plane[3])
+    view = np.asarray(cfg.viewpoint, dtype=np.float64)
+    rim = cfg.rim_tolerance
+    basis = _plane_basis(n)
+    pieces = []
+    for g in groups:
+        p = np.take(points, g, axis=0).astype(np.float64)
+        h = p @ n + d
+        pieces.append(_Piece(g, p, h, _percentile(h, 99), *_bounds(p)))
+    parent = list(range(len(pieces)))
+    trees: dict[int, tuple[np.ndarray, cKDTree]] = {}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def sampled(i: int) -> tuple[np.ndarray, cKDTree]:
+        if i not in trees:
+            sub = pieces[i].points[::max(1, len(pieces[i].points) // 1000)]
+            trees[i] = (sub, cKDTree(sub, balanced_tree=False, compact_nodes=False))
+        return trees[i]
+
+    for i in range(len(pieces)):
+        for j in range(i + 1, len(pieces)):
+            a, b = pieces[i], pieces[j]
+            if abs(a.top - b.top) > rim or root(i) == root(j):
+                continue
+            lo, hi = np.minimum(a.lo, b.lo), np.maximum(a.hi, b.hi)
+            if float((hi - lo).max()) > cfg.max_cluster_size:
+                continue
+            sa, tree = sampled(i)
+            sb = sampled(j)[0]
+            dist, nn = tree.query(sb, k=1)
+            k = int(np.argmin(dist))
+            pa, pb = sa[nn[k]], sb[k]
+            if dist[k] < 0.02:      # touching: the cuts between them were meant
+                continue
+            if not _faces_run_on(a, pa, b, pb):
+                continue
+            hidden = _gap_hidden(points, view, _gap_samples(a, b, n, d, basis))
+            if hidden:
+                parent[root(j)] = root(i)
+    out = labels.copy()
+    for i, piece in enumerate(pieces):
+        r = root(i)
+        if r != i:
+            out[piece.indices] = labels[pieces[r].indices[0]]
+    return out

@@ -20,7 +20,8 @@ from p3d_perception.segmentation.boxes import OrientedBox, oriented_box
 from p3d_perception.segmentation.config import SegmentationConfig
 from p3d_perception.segmentation.geometry import _label_groups, _mean_rows
 from p3d_perception.segmentation.grid import _organized_labels, _upsample_labels
-from p3d_perception.segmentation.merge import _absorb_fragments, _merge_parts
+from p3d_perception.segmentation.merge import (
+    _absorb_fragments, _merge_occluded, _merge_parts)
 from p3d_perception.segmentation.projection import labels_from_grid, project_single_view
 from p3d_perception.segmentation.support import (
     _keep_above, _range_mask, find_support_planes, plane_sample)
@@ -143,6 +144,8 @@ class Segmenter:
         labels = _absorb_fragments(pts, labels, keep, cfg)
         if cfg.merge_containers and planes:
             labels = _merge_parts(pts, labels, planes[0], cfg)
+        if cfg.merge_occluded and planes:
+            labels = _merge_occluded(pts, labels, planes[0], cfg)
         timings['merge'] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         labels, clusters = self._finish(cloud, labels, planes)

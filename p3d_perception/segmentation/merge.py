@@ -29,14 +29,15 @@ class _Piece(NamedTuple):
 
 
 def _merge_parts(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
-                 cfg: SegmentationConfig) -> np.ndarray:
+                 cfg: SegmentationConfig) -> tuple[np.ndarray, dict[int, _Piece]]:
     """Containers first, then handles against the whole containers.
 
     A handle is judged against its body's size; the wall behind a handle is
     often a piece of its own until the container step joins it to the body.
+    Returns the labels and the pieces left as they were, by label, for the next step.
     """
     labels, kept = _merge_stage(points, labels, plane, cfg, 'containers', {})
-    return _merge_stage(points, labels, plane, cfg, 'handles', kept)[0]
+    return _merge_stage(points, labels, plane, cfg, 'handles', kept)
 
 
 def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
@@ -239,11 +240,13 @@ def _absorb_fragments(points: np.ndarray, labels: np.ndarray, keep: np.ndarray,
 
 def _face_near(piece: _Piece, at: np.ndarray, top: bool) -> tuple[np.ndarray, np.ndarray] | None:
     """(centroid, normal) of the top or the side a piece shows near ``at``, if flat there."""
-    upper = piece.heights >= piece.top - 0.015
-    near = (_norm3(piece.points - at) < 0.04) & (upper if top else ~upper)
+    band = np.flatnonzero(np.abs(piece.points[:, 0] - at[0]) < 0.04)   # cheap first cut
+    p = np.take(piece.points, band, axis=0)
+    upper = np.take(piece.heights, band) >= piece.top - 0.015
+    near = (_norm3(p - at) < 0.04) & (upper if top else ~upper)
     if near.sum() < 20:
         return None
-    p = piece.points[near]
+    p = p[near]
     for _ in range(2):      # once more without the mixed pixels at an occluder's edge
         c = _mean_rows(p)
         var, vec = np.linalg.eigh((p - c).T @ (p - c) / len(p))
@@ -337,7 +340,8 @@ def _gap_hidden(points: np.ndarray, view: np.ndarray, samples: np.ndarray,
 
 
 def _merge_occluded(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
-                    cfg: SegmentationConfig) -> np.ndarray:
+                    cfg: SegmentationConfig, reuse: dict[int, _Piece] | None = None
+                    ) -> np.ndarray:
     """Rejoin the two sides of an object that one in front of it splits in two.
 
     A box behind a can shows a left and a right piece with nothing between them in
@@ -345,6 +349,7 @@ def _merge_occluded(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     what the two sides of one object share: the same top height, a side face that
     runs on from one piece to the other as one plane, and a gap between them that
     is hidden, everywhere along it, by something nearer the sensor.
+    ``reuse``: pieces of the previous merge step by label (see ``_merge_parts``).
     """
     from scipy.spatial import cKDTree
 
@@ -358,9 +363,12 @@ def _merge_occluded(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     basis = _plane_basis(n)
     pieces = []
     for g in groups:
-        p = np.take(points, g, axis=0).astype(np.float64)
-        h = p @ n + d
-        pieces.append(_Piece(g, p, h, _percentile(h, 99), *_bounds(p)))
+        piece = (reuse or {}).get(int(labels[g[0]]))
+        if piece is None or len(piece.indices) != len(g):
+            p = np.take(points, g, axis=0).astype(np.float64)
+            h = p @ n + d
+            piece = _Piece(g, p, h, _percentile(h, 99), *_bounds(p))
+        pieces.append(piece)
     parent = list(range(len(pieces)))
     trees: dict[int, tuple[np.ndarray, cKDTree]] = {}
 

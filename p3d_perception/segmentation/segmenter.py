@@ -142,10 +142,11 @@ class Segmenter:
 
         t0 = time.perf_counter()
         labels = _absorb_fragments(pts, labels, keep, cfg)
+        kept: dict = {}
         if cfg.merge_containers and planes:
-            labels = _merge_parts(pts, labels, planes[0], cfg)
+            labels, kept = _merge_parts(pts, labels, planes[0], cfg)
         if cfg.merge_occluded and planes:
-            labels = _merge_occluded(pts, labels, planes[0], cfg)
+            labels = _merge_occluded(pts, labels, planes[0], cfg, kept)
         timings['merge'] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         labels, clusters = self._finish(cloud, labels, planes)

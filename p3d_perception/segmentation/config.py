@@ -63,6 +63,10 @@ class SegmentationConfig:
     concave_cut: bool = True          #: cut at concave creases (splits stacked/touching objects)
     crease_radius: float = 0.012      #: neighbourhood radius of the crease test (m)
     crease_threshold: float = 0.08    #: crease when (mean - point).normal > this * radius
+    #: cut where a crease line runs into missing depth and the crease test cannot decide
+    hole_cut: bool = True
+    #: visible surface each piece a hole cut separates must have to stay apart (m^2)
+    hole_cut_min_area: float = 0.003
     crease_dilate: int = 1            #: pixels the crease cut is widened by (closes gaps in it)
     #: shallow creases where the surface turns and the colour changes cut too (needs rgb;
     #: splits touching boxes of different print, and also jar lids of another colour)
@@ -90,7 +94,7 @@ class SegmentationConfig:
 
         for name in ('max_range', 'voxel_size', 'plane_distance', 'cluster_tolerance',
                      'crease_radius', 'crease_threshold', 'max_height', 'max_cluster_size',
-                     'rim_tolerance', 'support_rise'):
+                     'rim_tolerance', 'support_rise', 'hole_cut_min_area'):
             positive(name)
         if self.min_range < 0 or self.min_range >= self.max_range:
             raise ConfigError(f'segmentation.min_range must be in [0, max_range), got '

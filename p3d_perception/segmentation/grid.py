@@ -107,12 +107,22 @@ def _grid_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
     cut[-1] = True
     if cfg.concave_cut:
         r_px = _crease_radius_px(grid, cand, valid, rng_, cfg, stride)
-        cut |= _crease_mask(grid, cand, valid, colors, cfg, r_px)
+        crease, hole = _crease_mask(grid, cand, valid, colors, cfg, r_px)
+        cut |= crease
+    else:
+        hole = None
     core = cand & ~cut
     timings['cuts'] = (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()
-    labels, num = ndimage.label(core)
-    labels -= 1  # -1 background
+    if hole is None:
+        labels, num = ndimage.label(core)
+        labels -= 1  # -1 background
+    else:
+        labels, num = ndimage.label(core & ~hole)
+        labels -= 1
+        focal = _focal_estimate(grid, valid) / stride
+        area = np.nan_to_num(rng_ * rng_) / np.float32(focal * focal)
+        labels = _keep_object_sized(labels, core, area, cfg.hole_cut_min_area)
     # give cut candidate pixels the label of a close 4-neighbour (a few sweeps)
     _rejoin(labels, cand & (labels < 0), ok_r, ok_d, 3 * max(1, 4 // stride))
     timings['components'] = (time.perf_counter() - t0) * 1e3
@@ -169,8 +179,13 @@ def _crease_radius_px(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
 
 
 def _crease_mask(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
-                 colors: np.ndarray | None, cfg: SegmentationConfig, r_px: int) -> np.ndarray:
-    """Pixels to cut at: concave creases, and with rgb the shallow ones that change colour."""
+                 colors: np.ndarray | None, cfg: SegmentationConfig, r_px: int
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixels to cut at: concave creases, and with rgb the shallow ones that change colour.
+
+    Returned apart from them (None when there are none): the hole cut, where a crease
+    line runs into missing depth.
+    """
     conc, normals = _creases(grid, valid, r_px, cfg)
     with np.errstate(invalid='ignore'):
         crease = conc > cfg.crease_threshold
@@ -186,7 +201,55 @@ def _crease_mask(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
     # 4-connected components leak through any gap
     for _ in range(cfg.crease_dilate):
         crease = _dilate_cross(crease)
-    return crease
+    hole = None
+    if cfg.hole_cut:
+        # next to missing depth the crease test has too few neighbours to say; a
+        # crease line that runs into such a patch goes on across it
+        undecided = np.isnan(conc) & valid & cand
+        if undecided.any():
+            patches, _ = ndimage.label(undecided, structure=np.ones((3, 3), bool))
+            meets = np.unique(patches[_dilate_cross(crease) & undecided])
+            hole = np.isin(patches, meets[meets > 0]) & ~crease
+            for _ in range(cfg.crease_dilate):
+                hole = _dilate_cross(hole)
+    return crease, hole
+
+
+def _keep_object_sized(labels: np.ndarray, uncut: np.ndarray, area: np.ndarray,
+                       min_area: float) -> np.ndarray:
+    """Undo the hole cut where it only broke pieces smaller than an object off a surface.
+
+    The crease test is undecided around every patch of missing depth, and on a
+    speckled surface (a D435's shadows along a mug's handle) the cut there dices it.
+    Where the cut separated pieces that are each object-sized (``min_area`` m^2 of
+    visible surface) it stays; smaller pieces go back to the largest piece of
+    the region they were cut from.
+    """
+    whole, _ = ndimage.label(uncut)
+    n = int(labels.max()) + 1
+    if n <= 1:
+        return labels
+    at = labels >= 0
+    parent = np.zeros(n, dtype=np.int64)
+    parent[labels[at]] = whole[at]
+    size = np.bincount(labels[at], weights=area[at], minlength=n)
+    order = np.lexsort((-size, parent))              # by region, largest piece first
+    to = np.arange(n)
+    start = 0
+    while start < n:
+        stop = start
+        while stop < n and parent[order[stop]] == parent[order[start]]:
+            stop += 1
+        group = order[start:stop]
+        big = group[size[group] >= min_area]
+        if len(big) < 2:
+            to[group] = group[0]
+        else:
+            to[group[size[group] < min_area]] = group[0]
+        start = stop
+    out = labels.copy()
+    out[at] = to[labels[at]]
+    return out
 
 
 def _dilate_cross(mask: np.ndarray) -> np.ndarray:

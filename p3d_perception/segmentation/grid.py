@@ -118,11 +118,9 @@ def _grid_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
         labels, num = ndimage.label(core)
         labels -= 1  # -1 background
     else:
-        labels, num = ndimage.label(core & ~hole)
-        labels -= 1
         focal = _focal_estimate(grid, valid) / stride
-        area = np.nan_to_num(rng_ * rng_) / np.float32(focal * focal)
-        labels = _keep_object_sized(labels, core, area, cfg.hole_cut_min_area)
+        area = rng_ * rng_ / np.float32(focal * focal)     # m^2 a pixel covers there
+        labels = _keep_object_sized(core, hole, area, cfg.hole_cut_min_area)
     # give cut candidate pixels the label of a close 4-neighbour (a few sweeps)
     _rejoin(labels, cand & (labels < 0), ok_r, ok_d, 3 * max(1, 4 // stride))
     timings['components'] = (time.perf_counter() - t0) * 1e3
@@ -209,47 +207,53 @@ def _crease_mask(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
         if undecided.any():
             patches, _ = ndimage.label(undecided, structure=np.ones((3, 3), bool))
             meets = np.unique(patches[_dilate_cross(crease) & undecided])
-            hole = np.isin(patches, meets[meets > 0]) & ~crease
-            for _ in range(cfg.crease_dilate):
-                hole = _dilate_cross(hole)
+            meets = meets[meets > 0]
+            if meets.size:
+                hole = np.isin(patches, meets) & ~crease
+                for _ in range(cfg.crease_dilate):
+                    hole = _dilate_cross(hole)
     return crease, hole
 
 
-def _keep_object_sized(labels: np.ndarray, uncut: np.ndarray, area: np.ndarray,
+def _keep_object_sized(core: np.ndarray, hole: np.ndarray, area: np.ndarray,
                        min_area: float) -> np.ndarray:
-    """Undo the hole cut where it only broke pieces smaller than an object off a surface.
+    """Components of ``core`` cut at ``hole`` where that separates object-sized pieces.
 
     The crease test is undecided around every patch of missing depth, and on a
     speckled surface (a D435's shadows along a mug's handle) the cut there dices it.
     Where the cut separated pieces that are each object-sized (``min_area`` m^2 of
-    visible surface) it stays; smaller pieces go back to the largest piece of
-    the region they were cut from.
+    visible surface) it stays; smaller pieces go back to the largest piece of the
+    region they were cut from, and a region left in one piece keeps its hole pixels.
     """
-    whole, _ = ndimage.label(uncut)
-    n = int(labels.max()) + 1
-    if n <= 1:
-        return labels
-    at = labels >= 0
-    parent = np.zeros(n, dtype=np.int64)
-    parent[labels[at]] = whole[at]
-    size = np.bincount(labels[at], weights=area[at], minlength=n)
-    order = np.lexsort((-size, parent))              # by region, largest piece first
-    to = np.arange(n)
+    whole, n_whole = ndimage.label(core)
+    pieces, n = ndimage.label(core & ~hole)
+    at = np.flatnonzero(pieces)
+    lab = np.take(pieces, at)
+    region = np.zeros(n + 1, dtype=np.int64)
+    region[lab] = np.take(whole, at)
+    if np.count_nonzero(np.bincount(region[1:], minlength=n_whole + 1) > 1) == 0:
+        return whole - 1        # the hole cut separated nothing
+    size = np.bincount(lab, weights=np.take(area, at), minlength=n + 1)
+    to = np.arange(n + 1) - 1
+    region_to = np.arange(n_whole + 1) * 0 - 1      # a region in one piece: its label
+    order = np.lexsort((-size[1:], region[1:])) + 1  # by region, largest piece first
     start = 0
     while start < n:
         stop = start
-        while stop < n and parent[order[stop]] == parent[order[start]]:
+        while stop < n and region[order[stop]] == region[order[start]]:
             stop += 1
         group = order[start:stop]
-        big = group[size[group] >= min_area]
-        if len(big) < 2:
-            to[group] = group[0]
+        big = size[group] >= min_area
+        if big.sum() < 2:
+            to[group] = group[0] - 1
+            region_to[region[group[0]]] = group[0] - 1
         else:
-            to[group[size[group] < min_area]] = group[0]
+            to[group[~big]] = group[0] - 1
         start = stop
-    out = labels.copy()
-    out[at] = to[labels[at]]
-    return out
+    out = to[pieces]
+    joined = region_to[whole]
+    np.copyto(out, joined, where=joined >= 0)
+    return out.astype(np.int32, copy=False)
 
 
 def _dilate_cross(mask: np.ndarray) -> np.ndarray:

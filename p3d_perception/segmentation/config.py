@@ -65,8 +65,12 @@ class SegmentationConfig:
     crease_threshold: float = 0.08    #: crease when (mean - point).normal > this * radius
     #: cut where a crease line runs into missing depth and the crease test cannot decide
     hole_cut: bool = True
-    #: visible surface each piece a hole cut separates must have to stay apart (m^2)
+    #: split where two object-sized pieces meet only in a corridor this many pixels wide
+    #: (times two) between cuts; 0 = off
+    neck_px: int = 1
+    #: visible surface each piece a hole or neck cut separates must have to stay apart (m^2)
     hole_cut_min_area: float = 0.003
+    crease_reach: int = 1             #: pixels a crease line is carried on to the outline it nears
     crease_dilate: int = 1            #: pixels the crease cut is widened by (closes gaps in it)
     #: shallow creases where the surface turns and the colour changes cut too (needs rgb;
     #: splits touching boxes of different print, and also jar lids of another colour)

@@ -108,10 +108,29 @@ def _grid_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
     if cfg.concave_cut:
         r_px = _crease_radius_px(grid, cand, valid, rng_, cfg, stride)
         crease, hole = _crease_mask(grid, cand, valid, colors, cfg, r_px)
+        if cfg.crease_reach:
+            # a crease line stops a pixel or two short of the outline it runs to (the
+            # window there straddles the depth edge); what lies between them is cut too
+            near_c, near_o = crease, cut | ~cand
+            for _ in range(cfg.crease_reach):
+                near_c, near_o = _dilate_cross(near_c), _dilate_cross(near_o)
+            crease = crease | (near_c & near_o & cand)
         cut |= crease
     else:
         hole = None
     core = cand & ~cut
+    if cfg.neck_px:
+        # two objects whose cut lines leave a narrow corridor between them (the convex
+        # corner of a box under an overhanging one) part where the corridor is
+        outer = ~core
+        for k in range(3 * cfg.neck_px):
+            outer = _dilate_cross(outer)
+            if k + 1 == cfg.neck_px:
+                neck = core & outer
+        hole = neck if hole is None else hole | neck
+        deep = core & ~outer    # an object is thicker than the neck it is cut at
+    else:
+        deep = None
     timings['cuts'] = (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()
     if hole is None:
@@ -120,7 +139,7 @@ def _grid_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
     else:
         focal = _focal_estimate(grid, valid) / stride
         area = rng_ * rng_ / np.float32(focal * focal)     # m^2 a pixel covers there
-        labels = _keep_object_sized(core, hole, area, cfg.hole_cut_min_area)
+        labels = _keep_object_sized(core, hole, area, cfg.hole_cut_min_area, deep)
     # give cut candidate pixels the label of a close 4-neighbour (a few sweeps)
     _rejoin(labels, cand & (labels < 0), ok_r, ok_d, 3 * max(1, 4 // stride))
     timings['components'] = (time.perf_counter() - t0) * 1e3
@@ -216,7 +235,7 @@ def _crease_mask(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
 
 
 def _keep_object_sized(core: np.ndarray, hole: np.ndarray, area: np.ndarray,
-                       min_area: float) -> np.ndarray:
+                       min_area: float, deep: np.ndarray | None = None) -> np.ndarray:
     """Components of ``core`` cut at ``hole`` where that separates object-sized pieces.
 
     The crease test is undecided around every patch of missing depth, and on a
@@ -224,6 +243,8 @@ def _keep_object_sized(core: np.ndarray, hole: np.ndarray, area: np.ndarray,
     Where the cut separated pieces that are each object-sized (``min_area`` m^2 of
     visible surface) it stays; smaller pieces go back to the largest piece of the
     region they were cut from, and a region left in one piece keeps its hole pixels.
+    With ``deep`` (pixels far from any cut), a piece must also reach into it: a strip
+    of surface between two creases is not an object however long it is.
     """
     whole, n_whole = ndimage.label(core)
     pieces, n = ndimage.label(core & ~hole)
@@ -234,6 +255,8 @@ def _keep_object_sized(core: np.ndarray, hole: np.ndarray, area: np.ndarray,
     if np.count_nonzero(np.bincount(region[1:], minlength=n_whole + 1) > 1) == 0:
         return whole - 1        # the hole cut separated nothing
     size = np.bincount(lab, weights=np.take(area, at), minlength=n + 1)
+    thick = None if deep is None else np.bincount(
+        pieces[deep & (pieces > 0)], minlength=n + 1) > 0
     to = np.arange(n + 1) - 1
     region_to = np.arange(n_whole + 1) * 0 - 1      # a region in one piece: its label
     order = np.lexsort((-size[1:], region[1:])) + 1  # by region, largest piece first
@@ -244,6 +267,8 @@ def _keep_object_sized(core: np.ndarray, hole: np.ndarray, area: np.ndarray,
             stop += 1
         group = order[start:stop]
         big = size[group] >= min_area
+        if thick is not None:
+            big &= thick[group]
         if big.sum() < 2:
             to[group] = group[0] - 1
             region_to[region[group[0]]] = group[0] - 1

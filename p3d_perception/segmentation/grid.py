@@ -255,26 +255,22 @@ def _keep_object_sized(core: np.ndarray, hole: np.ndarray, area: np.ndarray,
     if np.count_nonzero(np.bincount(region[1:], minlength=n_whole + 1) > 1) == 0:
         return whole - 1        # the hole cut separated nothing
     size = np.bincount(lab, weights=np.take(area, at), minlength=n + 1)
-    thick = None if deep is None else np.bincount(
-        pieces[deep & (pieces > 0)], minlength=n + 1) > 0
-    to = np.arange(n + 1) - 1
-    region_to = np.arange(n_whole + 1) * 0 - 1      # a region in one piece: its label
+    big = size >= min_area
+    if deep is not None:        # pixels far from any cut: a piece must reach into them
+        big &= np.bincount(pieces[deep & (pieces > 0)], minlength=n + 1) > 0
+    big[0] = False
     order = np.lexsort((-size[1:], region[1:])) + 1  # by region, largest piece first
-    start = 0
-    while start < n:
-        stop = start
-        while stop < n and region[order[stop]] == region[order[start]]:
-            stop += 1
-        group = order[start:stop]
-        big = size[group] >= min_area
-        if thick is not None:
-            big &= thick[group]
-        if big.sum() < 2:
-            to[group] = group[0] - 1
-            region_to[region[group[0]]] = group[0] - 1
-        else:
-            to[group[~big]] = group[0] - 1
-        start = stop
+    firsts = np.flatnonzero(np.r_[True, region[order[1:]] != region[order[:-1]]])
+    largest = np.zeros(n_whole + 1, dtype=np.int64)
+    largest[region[order[firsts]]] = order[firsts]
+    n_big = np.bincount(region[big], minlength=n_whole + 1)
+    whole_again = n_big < 2                          # nothing object-sized was cut off
+    to = np.where(big & ~whole_again[region], np.arange(n + 1), largest[region]) - 1
+    to[0] = -1
+    # a region all neck or hole (a strip between creases) is left to the rejoin sweeps,
+    # which give it to the surface it was cut from
+    region_to = np.where(whole_again, largest - 1, -1)
+    region_to[0] = -1
     out = to[pieces]
     joined = region_to[whole]
     np.copyto(out, joined, where=joined >= 0)

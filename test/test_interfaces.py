@@ -61,3 +61,33 @@ def test_query_object_round_trip_over_dds(interfaces, rclpy_context):
     assert response.success
     assert response.matches[0].object_id == 3
     assert abs(response.scores[0] - 0.75) < 1e-6
+
+
+def test_demo_report_judges_named_objects_and_not_the_worlds_distractors(interfaces):
+    """The demo's score: a label is judged against the nearest ground-truth object.
+
+    The synthetic world's distractor blobs ('unknown') belong to no category the
+    model could name, so a detection on one is shown and not counted either way.
+    """
+    import numpy as np
+    from p3d_perception.ros import demo_report
+    msg, _ = interfaces
+
+    def det(i, label, x):
+        d = msg.Detection(object_id=i, label=label, score=0.9, point_count=500,
+                          alternative_labels=[label], alternative_scores=[0.9])
+        d.pose.position.x, d.pose.position.z = x, 1.0
+        return d
+
+    def obj(category, x):
+        pose = np.eye(4)
+        pose[:3, 3] = (x, 0.0, 0.95)
+        return {'category': category, 'pose': pose.tolist(), 'size': [0.1, 0.1, 0.1]}
+
+    gt = {'objects': [obj('mug', 0.0), obj('bowl', 0.3), obj('unknown', 0.6)]}
+    dets = msg.DetectionArray(detections=[det(1, 'mug', 0.0), det(2, 'plate', 0.3),
+                                          det(3, 'ball', 0.6), det(4, 'can', 1.5)])
+    report = demo_report.summarise(dets, [], gt)
+    assert [r['correct'] for r in report['detections']] == [True, False, None, None]
+    assert [r['ground_truth'] for r in report['detections']] == ['mug', 'bowl', 'unknown', None]
+    assert (report['labels_correct'], report['labels_judged']) == (1, 2)

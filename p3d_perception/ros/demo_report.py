@@ -16,6 +16,10 @@ from p3d_perception.cloud import Cloud
 from p3d_perception.ros.messages import matrix_from_quaternion
 
 
+#: ground truth of the synthetic world's unlabelled distractor shapes
+DISTRACTOR = 'unknown'
+
+
 def _center(det) -> np.ndarray:
     p = det.pose.position
     return np.array([p.x, p.y, p.z])
@@ -50,7 +54,8 @@ def summarise(detections_msg, answers, gt: dict | None) -> dict:
             'center_m': [round(float(v), 3) for v in _center(det)],
             'size_m': [round(det.size.x, 3), round(det.size.y, 3), round(det.size.z, 3)],
             'points': det.point_count, 'ground_truth': truth,
-            'correct': None if truth is None else truth == det.label})
+            # the world's distractor shapes belong to no category: nothing to name them by
+            'correct': None if truth in (None, DISTRACTOR) else truth == det.label})
     judged = [r for r in rows if r['correct'] is not None]
     qa = []
     for query, resp, want in answers:
@@ -87,6 +92,8 @@ def print_tables(report: dict, bag: Path, frames: int) -> None:
         t.add_column(col)
     for r in report['detections']:
         truth = r['ground_truth'] or '-'
+        if truth == DISTRACTOR:
+            truth = 'distractor (not judged)'
         mark = {None: '', True: ' [green]ok[/]', False: ' [red]wrong[/]'}[r['correct']]
         t.add_row(str(r['id']), r['label'], f"{r['score']:.2f}", ', '.join(r['alternatives']),
                   ' '.join(f'{v:+.2f}' for v in r['center_m']),

@@ -17,6 +17,10 @@ from p3d_perception.segmentation.geometry import (
     _bounds, _label_groups, _mean_rows, _norm3, _plane_basis, _unit)
 
 
+#: widest gap (m) between the two sides of an object that one in front of it can explain
+MAX_OCCLUDER = 0.25
+
+
 class _Piece(NamedTuple):
     """A cluster candidate as the merge step sees it."""
 
@@ -391,6 +395,10 @@ def _merge_occluded(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
                 continue
             lo, hi = np.minimum(a.lo, b.lo), np.maximum(a.hi, b.hi)
             if float((hi - lo).max()) > cfg.max_cluster_size:
+                continue
+            # what hides the middle of a tabletop object is another one, at most this wide
+            apart = np.maximum(np.maximum(a.lo - b.hi, b.lo - a.hi), 0.0)
+            if float(apart @ apart) > MAX_OCCLUDER ** 2:
                 continue
             sa, tree = sampled(i)
             sb = sampled(j)[0]

@@ -137,8 +137,9 @@ def test_boxes_joined_only_by_a_narrow_corridor_between_cuts_part_there(mosd_dir
 
     Each box is object-sized and thicker than the corridor left between the cut
     lines, so they part there, without colour. learn21 (a box's convex corner under
-    an overhanging box) needs a corridor of 4 px, neck_px 2, which also breaks
-    synthetic pitchers and teapots at their handles (README).
+    an overhanging box) needs a corridor of 4 px and the crease lines carried to the
+    outline (neck_px 2, crease_reach 1), which also breaks synthetic pitchers and
+    teapots at their handles (README).
     """
     cloud = read_pcd(mosd_dir / 'learn25.pcd')
     gt, _ = mosd_ground_truth(cloud.fields['label'])
@@ -148,6 +149,7 @@ def test_boxes_joined_only_by_a_narrow_corridor_between_cuts_part_there(mosd_dir
     off = match_instances(Segmenter(SegmentationConfig(neck_px=0))(cloud).labels, gt)
     assert off['under_segmented'] == 1, off['best_iou']
     wide = match_instances(
-        Segmenter(SegmentationConfig(neck_px=2))(read_pcd(mosd_dir / 'learn21.pcd')).labels,
+        Segmenter(SegmentationConfig(neck_px=2, crease_reach=1))(
+            read_pcd(mosd_dir / 'learn21.pcd')).labels,
         mosd_ground_truth(read_pcd(mosd_dir / 'learn21.pcd').fields['label'])[0])
     assert wide['matched'] == wide['objects'] == 3, wide['best_iou']

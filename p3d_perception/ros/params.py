@@ -95,6 +95,7 @@ FLOAT_RANGES = {
     'segmentation.support_rise': (0.0, 10.0),
     'segmentation.colour_crease_threshold': (0.0, 10.0),
     'segmentation.colour_threshold': (0.0, 2.0),
+    'segmentation.hole_cut_min_area': (0.0, 1.0),
 }
 
 

@@ -70,7 +70,7 @@ class SegmentationConfig:
     neck_px: int = 1
     #: visible surface each piece a hole or neck cut separates must have to stay apart (m^2)
     hole_cut_min_area: float = 0.003
-    crease_reach: int = 1             #: pixels a crease line is carried on to the outline it nears
+    crease_reach: int = 0             #: pixels a crease line is carried on to the outline it nears
     crease_dilate: int = 1            #: pixels the crease cut is widened by (closes gaps in it)
     #: shallow creases where the surface turns and the colour changes cut too (needs rgb;
     #: splits touching boxes of different print, and also jar lids of another colour)
@@ -108,9 +108,10 @@ class SegmentationConfig:
                 a >= b for a, b in zip(self.crop_min, self.crop_max)):
             raise ConfigError(f'segmentation.crop_min {self.crop_min} must be below crop_max '
                               f'{self.crop_max} on every axis')
-        if self.crease_dilate < 0:
-            raise ConfigError(f'segmentation.crease_dilate must be >= 0, got '
-                              f'{self.crease_dilate}')
+        for name in ('crease_dilate', 'crease_reach', 'neck_px'):
+            if getattr(self, name) < 0:
+                raise ConfigError(f'segmentation.{name} must be >= 0, got '
+                                  f'{getattr(self, name)}')
         if self.organized_stride < 1:
             raise ConfigError(f'segmentation.organized_stride must be >= 1, got '
                               f'{self.organized_stride}')

@@ -32,6 +32,39 @@ class _Piece(NamedTuple):
     hi: np.ndarray
 
 
+def _pieces(points: np.ndarray, labels: np.ndarray, groups: list[np.ndarray],
+            plane: np.ndarray, reuse: dict[int, _Piece]) -> list[_Piece]:
+    """The merge steps' view of ``groups``; a piece a previous step left as it was is reused."""
+    n = np.asarray(plane[:3], dtype=np.float64)
+    d = float(plane[3])
+    pieces = []
+    for g in groups:
+        piece = reuse.get(int(labels[g[0]]))
+        if piece is None or len(piece.indices) != len(g):
+            p = np.take(points, g, axis=0).astype(np.float64)
+            h = p @ n + d
+            piece = _Piece(g, p, h, _percentile(h, 99), *_bounds(p))
+        pieces.append(piece)
+    return pieces
+
+
+def _find(parent: list[int], i: int) -> int:
+    """Union-find root of ``i``, halving the path on the way."""
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+def _relabel(labels: np.ndarray, pieces: list[_Piece], roots: list[int]) -> np.ndarray:
+    """Each piece takes the label of its union-find root."""
+    out = labels.copy()
+    for i, piece in enumerate(pieces):
+        if roots[i] != i:
+            out[piece.indices] = labels[pieces[roots[i]].indices[0]]
+    return out
+
+
 def _merge_parts(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
                  cfg: SegmentationConfig) -> tuple[np.ndarray, dict[int, _Piece]]:
     """Containers first, then handles against the whole containers.
@@ -74,21 +107,11 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     h_view = float(view @ n + d)
     basis = _plane_basis(n)
     rim = cfg.rim_tolerance
-    pieces = []
-    for g in [g for g in groups if len(g) >= 30][:64]:
-        piece = reuse.get(int(labels[g[0]]))
-        if piece is None or len(piece.indices) != len(g):
-            p = np.take(points, g, axis=0).astype(np.float64)
-            h = p @ n + d
-            piece = _Piece(g, p, h, _percentile(h, 99), *_bounds(p))
-        pieces.append(piece)
+    pieces = _pieces(points, labels, [g for g in groups if len(g) >= 30][:64], plane, reuse)
     parent = list(range(len(pieces)))
 
     def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+        return _find(parent, i)
 
     def seen_through_opening(a: _Piece, b: _Piece) -> bool:
         """Whether one piece is seen through the opening the two rims ring.
@@ -180,11 +203,8 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
                 handle_of[j] = (dist, i)
     for j, (_, i) in handle_of.items():
         parent[root(j)] = root(i)
-    out = labels.copy()
     roots = [root(i) for i in range(len(pieces))]
-    for i, piece in enumerate(pieces):
-        if roots[i] != i:
-            out[piece.indices] = labels[pieces[roots[i]].indices[0]]
+    out = _relabel(labels, pieces, roots)
     joined = {r for i, r in enumerate(roots) if r != i}
     unchanged = {int(labels[p.indices[0]]): p for i, p in enumerate(pieces)
                  if roots[i] == i and i not in joined}
@@ -365,22 +385,12 @@ def _merge_occluded(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     view = np.asarray(cfg.viewpoint, dtype=np.float64)
     rim = cfg.rim_tolerance
     basis = _plane_basis(n)
-    pieces = []
-    for g in groups:
-        piece = (reuse or {}).get(int(labels[g[0]]))
-        if piece is None or len(piece.indices) != len(g):
-            p = np.take(points, g, axis=0).astype(np.float64)
-            h = p @ n + d
-            piece = _Piece(g, p, h, _percentile(h, 99), *_bounds(p))
-        pieces.append(piece)
+    pieces = _pieces(points, labels, groups, plane, reuse or {})
     parent = list(range(len(pieces)))
     trees: dict[int, tuple[np.ndarray, cKDTree]] = {}
 
     def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+        return _find(parent, i)
 
     def sampled(i: int) -> tuple[np.ndarray, cKDTree]:
         if i not in trees:
@@ -412,9 +422,4 @@ def _merge_occluded(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
             hidden = _gap_hidden(points, view, _gap_samples(a, b, n, d, basis))
             if hidden:
                 parent[root(j)] = root(i)
-    out = labels.copy()
-    for i, piece in enumerate(pieces):
-        r = root(i)
-        if r != i:
-            out[piece.indices] = labels[pieces[r].indices[0]]
-    return out
+    return _relabel(labels, pieces, [root(i) for i in range(len(pieces))])

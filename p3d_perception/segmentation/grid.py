@@ -105,8 +105,10 @@ def _grid_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
     cut[:, -1] = True
     cut[:-1] |= ~ok_d
     cut[-1] = True
+    # one estimate a frame serves the crease window and the pixel areas of the hole cut
+    focal = _focal_estimate(grid, valid) / stride
     if cfg.concave_cut:
-        r_px = _crease_radius_px(grid, cand, valid, rng_, cfg, stride)
+        r_px = _crease_radius_px(cand, rng_, cfg, focal)
         crease, hole = _crease_mask(grid, cand, valid, colors, cfg, r_px)
         if cfg.crease_reach:
             # a crease line stops a pixel or two short of the outline it runs to (the
@@ -137,7 +139,6 @@ def _grid_labels(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
         labels, num = ndimage.label(core)
         labels -= 1  # -1 background
     else:
-        focal = _focal_estimate(grid, valid) / stride
         area = rng_ * rng_ / np.float32(focal * focal)     # m^2 a pixel covers there
         labels = _keep_object_sized(core, hole, area, cfg.hole_cut_min_area, deep)
     # give cut candidate pixels the label of a close 4-neighbour (a few sweeps)
@@ -187,11 +188,10 @@ def _rejoin(labels: np.ndarray, todo: np.ndarray, ok_r: np.ndarray, ok_d: np.nda
             break
 
 
-def _crease_radius_px(grid: np.ndarray, cand: np.ndarray, valid: np.ndarray,
-                      rng_: np.ndarray, cfg: SegmentationConfig, stride: int) -> int:
+def _crease_radius_px(cand: np.ndarray, rng_: np.ndarray, cfg: SegmentationConfig,
+                      focal_px: float) -> int:
     """Window radius in pixels matching crease_radius at the candidates' median range."""
     med = float(np.nanmedian(rng_[cand])) if cand.any() else 1.0
-    focal_px = _focal_estimate(grid, valid) / stride
     return int(np.clip(round(cfg.crease_radius * focal_px / max(med, 1e-3)), 1, 8))
 
 

@@ -36,22 +36,54 @@ def _shift(a: np.ndarray, dv: int, du: int, fill) -> np.ndarray:
     return out
 
 
+def _window_sum(a: np.ndarray, radius: int, axis: int) -> np.ndarray:
+    """out[i] = sum of a[i - r .. i + r] along ``axis`` (zeros beyond the ends), float32.
+
+    Sums over power-of-two widths are built by doubling and the window is put
+    together from them: about 2 log2(2r + 1) slice additions, cheaper than
+    ndimage's line filters, which copy every line to a float64 buffer.
+    """
+    width_all = 2 * radius + 1
+    n = a.shape[axis]
+
+    def sl(lo: int, hi: int) -> tuple:
+        idx = [slice(None)] * a.ndim
+        idx[axis] = slice(lo, hi)
+        return tuple(idx)
+
+    shape = list(a.shape)
+    shape[axis] = n + 2 * radius
+    part = np.zeros(shape, dtype=np.float32)
+    part[sl(radius, radius + n)] = a
+    out = None
+    width, off = 1, 0      # part[i] = sum of the padded row from i to i + width
+    while True:
+        if width_all & width:
+            piece = part[sl(off, off + n)]
+            out = piece.copy() if out is None else np.add(out, piece, out=out)
+            off += width
+        if 2 * width > width_all:
+            return out
+        m = part.shape[axis] - width
+        part = part[sl(0, m)] + part[sl(width, width + m)]
+        width *= 2
+
+
 def _box_mean(grid: np.ndarray, valid: np.ndarray, radius: int,
               masked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean of valid points in a (2r+1)^2 window, and the window's valid count.
 
     ``masked`` is the grid with invalid pixels zeroed, when the caller has it already
-    (both crease windows filter the same one). The window slides over rows and
-    columns only: one separable pass per axis on the interleaved xyz array.
+    (both crease windows filter the same one). The window is separable: one pass per
+    axis on the interleaved xyz array.
     """
-    size = 2 * radius + 1
     if masked is None:
         masked = _masked(grid, valid)
-    cnt = ndimage.uniform_filter(valid.astype(np.float32), size=size, mode='constant')
-    out = ndimage.uniform_filter(masked, size=(size, size, 1), mode='constant')
+    cnt = _window_sum(_window_sum(valid.astype(np.float32), radius, 0), radius, 1)
+    out = _window_sum(_window_sum(masked, radius, 0), radius, 1)
     with np.errstate(invalid='ignore', divide='ignore'):
         out /= cnt[..., None]
-    return out, cnt * size * size
+    return out, cnt
 
 
 def _masked(grid: np.ndarray, valid: np.ndarray) -> np.ndarray:

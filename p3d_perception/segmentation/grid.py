@@ -191,33 +191,40 @@ def _rejoin(labels: np.ndarray, todo: np.ndarray, ok_r: np.ndarray, ok_d: np.nda
     flat = labels.reshape(-1)
     tv, tu = np.nonzero(todo)
     pix = tv * w + tu
-    # per cut pixel and move: may it link to that neighbour (inside the grid, no gap)?
-    links = np.zeros((4, pix.size), dtype=bool)
+    # per cut pixel, one bit per move: may it link to that neighbour (inside the grid,
+    # no gap)? A pixel that takes a label drops its bits and leaves at the sweep's end
+    bits = np.zeros(pix.size, dtype=np.uint8)
     m = tu < w - 1
-    links[0, m] = ok_r[tv[m], tu[m]]
+    bits[m] |= ok_r[tv[m], tu[m]].view(np.uint8)
     m = tv < h - 1
-    links[1, m] = ok_d[tv[m], tu[m]]
+    bits[m] |= ok_d[tv[m], tu[m]].view(np.uint8) << 1
     m = tu > 0
-    links[2, m] = ok_r[tv[m], tu[m] - 1]
+    bits[m] |= ok_r[tv[m], tu[m] - 1].view(np.uint8) << 2
     m = tv > 0
-    links[3, m] = ok_d[tv[m] - 1, tu[m]]
+    bits[m] |= ok_d[tv[m] - 1, tu[m]].view(np.uint8) << 3
+    keep = bits > 0                    # no link at all: nothing to take a label from
+    pix, bits = pix[keep], bits[keep]
     offsets = (1, w, -1, -w)
     for _ in range(sweeps):
         if pix.size == 0:
             break
         changed = False
         for k, off in enumerate(offsets):
-            link = links[k]
-            nbr = np.full(pix.size, -1, dtype=flat.dtype)
-            nbr[link] = flat[pix[link] + off]
+            has = (bits & np.uint8(1 << k)) > 0
+            if not has.any():
+                continue
+            at = pix[has]
+            nbr = flat[at + off]
             ok = nbr >= 0
             if ok.any():
-                flat[pix[ok]] = nbr[ok]
-                keep = ~ok
-                pix, links = pix[keep], links[:, keep]
+                flat[at[ok]] = nbr[ok]
+                done = np.flatnonzero(has)[ok]
+                bits[done] = 0
                 changed = True
         if not changed:
             break
+        keep = bits > 0
+        pix, bits = pix[keep], bits[keep]
 
 
 def _crease_radius_px(cand: np.ndarray, rng_: np.ndarray, cfg: SegmentationConfig,

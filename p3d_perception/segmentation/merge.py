@@ -56,30 +56,41 @@ def _find(parent: list[int], i: int) -> int:
     return i
 
 
-def _relabel(labels: np.ndarray, pieces: list[_Piece], roots: list[int]) -> np.ndarray:
-    """Each piece takes the label of its union-find root."""
+def _relabel(labels: np.ndarray, groups: list[np.ndarray], pieces: list[_Piece],
+             roots: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Each piece takes the label of its union-find root; the groups of the result.
+
+    Nothing joined (most frames) returns the inputs themselves, so the next step
+    does not sort the labels into groups again.
+    """
+    if all(r == i for i, r in enumerate(roots)):
+        return labels, groups
     out = labels.copy()
     for i, piece in enumerate(pieces):
         if roots[i] != i:
             out[piece.indices] = labels[pieces[roots[i]].indices[0]]
-    return out
+    return out, _label_groups(out)
 
 
-def _merge_parts(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
-                 cfg: SegmentationConfig) -> tuple[np.ndarray, dict[int, _Piece]]:
+def _merge_parts(points: np.ndarray, labels: np.ndarray, groups: list[np.ndarray],
+                 plane: np.ndarray, cfg: SegmentationConfig
+                 ) -> tuple[np.ndarray, list[np.ndarray], dict[int, _Piece]]:
     """Containers first, then handles against the whole containers.
 
     A handle is judged against its body's size; the wall behind a handle is
     often a piece of its own until the container step joins it to the body.
-    Returns the labels and the pieces left as they were, by label, for the next step.
+    ``groups`` are the labels' index groups, largest first (``_label_groups``).
+    Returns the labels, their groups and the pieces left as they were, by label,
+    for the next step.
     """
-    labels, kept = _merge_stage(points, labels, plane, cfg, 'containers', {})
-    return _merge_stage(points, labels, plane, cfg, 'handles', kept)
+    labels, groups, kept = _merge_stage(points, labels, groups, plane, cfg, 'containers', {})
+    return _merge_stage(points, labels, groups, plane, cfg, 'handles', kept)
 
 
-def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
-                 cfg: SegmentationConfig, stage: str,
-                 reuse: dict[int, _Piece]) -> tuple[np.ndarray, dict[int, _Piece]]:
+def _merge_stage(points: np.ndarray, labels: np.ndarray, groups: list[np.ndarray],
+                 plane: np.ndarray, cfg: SegmentationConfig, stage: str,
+                 reuse: dict[int, _Piece]
+                 ) -> tuple[np.ndarray, list[np.ndarray], dict[int, _Piece]]:
     """Rejoin what the cuts split off an object: a container's inside, a handle.
 
     The inner wall meets the floor of a container in a concave crease, and the
@@ -98,9 +109,8 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     """
     from scipy.spatial import ConvexHull, QhullError, cKDTree
 
-    groups = _label_groups(labels)
     if not groups:
-        return labels, {}
+        return labels, groups, {}
     n = np.asarray(plane[:3], dtype=np.float64)
     d = float(plane[3])
     view = np.asarray(cfg.viewpoint, dtype=np.float64)
@@ -204,11 +214,11 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     for j, (_, i) in handle_of.items():
         parent[root(j)] = root(i)
     roots = [root(i) for i in range(len(pieces))]
-    out = _relabel(labels, pieces, roots)
+    out, groups = _relabel(labels, groups, pieces, roots)
     joined = {r for i, r in enumerate(roots) if r != i}
     unchanged = {int(labels[p.indices[0]]): p for i, p in enumerate(pieces)
                  if roots[i] == i and i not in joined}
-    return out, unchanged
+    return out, groups, unchanged
 
 
 def _percentile(a: np.ndarray, q: float) -> float:
@@ -363,9 +373,10 @@ def _gap_hidden(points: np.ndarray, view: np.ndarray, samples: np.ndarray,
     return through <= 0.05 * len(r) and hidden >= 0.5 * len(r)
 
 
-def _merge_occluded(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
-                    cfg: SegmentationConfig, reuse: dict[int, _Piece] | None = None
-                    ) -> np.ndarray:
+def _merge_occluded(points: np.ndarray, labels: np.ndarray, groups: list[np.ndarray],
+                    plane: np.ndarray, cfg: SegmentationConfig,
+                    reuse: dict[int, _Piece] | None = None
+                    ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Rejoin the two sides of an object that one in front of it splits in two.
 
     A box behind a can shows a left and a right piece with nothing between them in
@@ -377,15 +388,15 @@ def _merge_occluded(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
     """
     from scipy.spatial import cKDTree
 
-    groups = [g for g in _label_groups(labels) if len(g) >= cfg.min_cluster_points][:64]
-    if len(groups) < 3:     # two sides and an occluder
-        return labels
+    sized = [g for g in groups if len(g) >= cfg.min_cluster_points][:64]
+    if len(sized) < 3:     # two sides and an occluder
+        return labels, groups
     n = np.asarray(plane[:3], dtype=np.float64)
     d = float(plane[3])
     view = np.asarray(cfg.viewpoint, dtype=np.float64)
     rim = cfg.rim_tolerance
     basis = _plane_basis(n)
-    pieces = _pieces(points, labels, groups, plane, reuse or {})
+    pieces = _pieces(points, labels, sized, plane, reuse or {})
     parent = list(range(len(pieces)))
     trees: dict[int, tuple[np.ndarray, cKDTree]] = {}
 
@@ -422,4 +433,4 @@ def _merge_occluded(points: np.ndarray, labels: np.ndarray, plane: np.ndarray,
             hidden = _gap_hidden(points, view, _gap_samples(a, b, n, d, basis))
             if hidden:
                 parent[root(j)] = root(i)
-    return _relabel(labels, pieces, [root(i) for i in range(len(pieces))])
+    return _relabel(labels, groups, pieces, [root(i) for i in range(len(pieces))])

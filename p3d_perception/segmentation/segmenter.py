@@ -142,24 +142,25 @@ class Segmenter:
 
         t0 = time.perf_counter()
         labels = _absorb_fragments(pts, labels, keep, cfg)
+        # sorted into groups once; a merge step that joins nothing passes them on
+        groups = _label_groups(labels)
         kept: dict = {}
         if cfg.merge_containers and planes:
-            labels, kept = _merge_parts(pts, labels, planes[0], cfg)
+            labels, groups, kept = _merge_parts(pts, labels, groups, planes[0], cfg)
         if cfg.merge_occluded and planes:
-            labels = _merge_occluded(pts, labels, planes[0], cfg, kept)
+            labels, groups = _merge_occluded(pts, labels, groups, planes[0], cfg, kept)
         timings['merge'] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
-        labels, clusters = self._finish(cloud, labels, planes)
+        labels, clusters = self._finish(cloud, labels, groups, planes)
         timings['clusters'] = (time.perf_counter() - t0) * 1e3
         timings['total'] = (time.perf_counter() - t_all) * 1e3
         return Segmentation(labels, clusters, planes, timings)
 
-    def _finish(self, cloud: Cloud, labels: np.ndarray,
+    def _finish(self, cloud: Cloud, labels: np.ndarray, groups: list[np.ndarray],
                 planes: list[np.ndarray]) -> tuple[np.ndarray, list[Cluster]]:
         """Size filters, consecutive ids (largest first) and cluster geometry."""
         cfg = self.config
         out = np.full(len(labels), -1, dtype=np.int32)
-        groups = _label_groups(labels)
         if not groups:
             return out, []
         plane = planes[0] if planes else None

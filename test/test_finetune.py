@@ -250,3 +250,38 @@ def test_label_balance_evens_out_the_commonest_label():
     assert np.allclose([sqrt[labels == k].sum() for k in (3, 1, 2)], [8 / 14, 4 / 14, 2 / 14])
     even = label_weights(labels, 0.0)
     assert np.allclose([even[labels == k].sum() for k in (3, 1, 2)], 1 / 3)
+
+
+def test_replay_distillation_keeps_known_views_near_the_start(make_tiny_model, dataset,
+                                                              tmp_path):
+    """The pull toward the starting model must show on the replay views it is applied to."""
+    import torch.nn.functional as F
+    from p3d_perception.model.grouping import prepare_batch
+    from p3d_perception.training.finetune import LOG_CSV, finetune, replay_views
+    known = CATEGORIES[:2]          # the model's own labels: they get replay views
+    tiny_model = make_tiny_model(tmp_path / 'known', vocabulary=CATEGORIES, prompt_labels=known,
+                                 command='test_finetune distillation')
+    start, _ = load_model(tiny_model)
+    kw = dict(steps=30, replay_fraction=0.5, replay_views_per_category=4, lr=1e-1,
+              example_cache=False)
+    views = replay_views(known, _cfg(**kw))
+    b = prepare_batch(list(views.points), [None] * len(views), start.cfg.grouping,
+                      np.random.default_rng(0), 'cpu')
+
+    def log_probs(model):
+        with torch.no_grad():
+            emb = model.encoder.eval()(b.patches, b.centers, b.scale)
+            return (model.scale() * emb @ model.prompt_prototypes(known).T).log_softmax(-1)
+
+    def drift(model_dir):       # KL from the starting model's label distribution
+        ref, tuned = log_probs(start), log_probs(load_model(model_dir)[0])
+        return float(F.kl_div(tuned, ref, log_target=True, reduction='batchmean'))
+
+    finetune(tiny_model, dataset, None, tmp_path / 'plain', _cfg(replay_distill_weight=0.0, **kw))
+    finetune(tiny_model, dataset, None, tmp_path / 'distilled',
+             _cfg(replay_distill_weight=1000.0, **kw))
+    plain, distilled = drift(tmp_path / 'plain'), drift(tmp_path / 'distilled')
+    assert distilled < 0.7 * plain, (plain, distilled)
+    logged = [r['distill'] for r in csv.DictReader((tmp_path / 'distilled' / LOG_CSV).open())]
+    assert logged and all(float(v) >= 0 for v in logged)
+    assert not any(r['distill'] for r in csv.DictReader((tmp_path / 'plain' / LOG_CSV).open()))

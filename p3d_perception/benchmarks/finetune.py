@@ -57,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='labelled clusters per category the fine-tune may use')
     parser.add_argument('--steps', type=int, default=300)
     parser.add_argument('--ssl-steps', type=int, default=150)
-    parser.add_argument('--model', default='', help='starting model (default: bundled)')
+    parser.add_argument('--model', default='',
+                        help='starting model (default: p3d_minilm_small, which holds the '
+                             'default new categories out of training; the bundled model '
+                             'was trained on them)')
     parser.add_argument('--work', default='.p3d_cache/bench_finetune',
                         help='folder for the bags, datasets and models')
     parser.add_argument('--seed', type=int, default=2026)
@@ -239,14 +242,14 @@ def frozen_features(model: Path, train_dataset: Path, test_dataset: Path,
 
 def run(args: argparse.Namespace) -> dict:
     from p3d_perception.model.checkpoint import read_card
-    from p3d_perception.resources import default_model_path
+    from p3d_perception.resources import share_dir
     from p3d_perception.training.bags import extract_dataset
     from p3d_perception.training.evaluate import evaluate_dataset
     from p3d_perception.training.finetune import FinetuneConfig, finetune
     new = [c.strip() for c in args.new.split(',') if c.strip()]
     old = [c.strip() for c in args.old.split(',') if c.strip()]
     lo, hi = (int(x) for x in args.objects.split(','))
-    model = Path(args.model or default_model_path())
+    model = Path(args.model or share_dir() / 'models' / 'p3d_minilm_small')
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     card = read_card(model)

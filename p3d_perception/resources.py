@@ -28,8 +28,13 @@ def share_dir() -> Path:
         return checkout
 
 
+def bundled_model_path(name: str) -> Path:
+    """A model folder shipped under models/ (``DEFAULT_MODEL_NAME`` is the node's)."""
+    return share_dir() / 'models' / name
+
+
 def default_model_path() -> Path:
-    return share_dir() / 'models' / DEFAULT_MODEL_NAME
+    return bundled_model_path(DEFAULT_MODEL_NAME)
 
 
 def default_params_file() -> Path:

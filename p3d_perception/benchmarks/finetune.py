@@ -242,14 +242,14 @@ def frozen_features(model: Path, train_dataset: Path, test_dataset: Path,
 
 def run(args: argparse.Namespace) -> dict:
     from p3d_perception.model.checkpoint import read_card
-    from p3d_perception.resources import share_dir
+    from p3d_perception.resources import bundled_model_path
     from p3d_perception.training.bags import extract_dataset
     from p3d_perception.training.evaluate import evaluate_dataset
     from p3d_perception.training.finetune import FinetuneConfig, finetune
     new = [c.strip() for c in args.new.split(',') if c.strip()]
     old = [c.strip() for c in args.old.split(',') if c.strip()]
     lo, hi = (int(x) for x in args.objects.split(','))
-    model = Path(args.model or share_dir() / 'models' / 'p3d_minilm_small')
+    model = Path(args.model or bundled_model_path('p3d_minilm_small'))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     card = read_card(model)

@@ -495,14 +495,20 @@ def _build_cache(model: P3DModel, train: ClusterSet, val: ClusterSet, classes: l
             'known_guard': known}
 
 
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    """A teacher: the module as it is now, in eval mode, with no gradient."""
+    teacher = copy.deepcopy(module).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
 # ----------------------------------------------------------------------------- stages
 def _ssl_stage(model: P3DModel, data: ClusterSet, cfg: FinetuneConfig, device: str,
                rank: int, world: int, log: FinetuneLog | None) -> dict[str, Any]:
     """Masked point modelling against a frozen copy of the encoder (before adapters)."""
     sc = cfg.ssl
-    teacher = copy.deepcopy(model.encoder).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = _frozen_copy(model.encoder)
     student = _MaskedStudent(model.encoder).to(device)
     module: nn.Module = student
     if world > 1:
@@ -634,9 +640,7 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path | None,
     # the model as it starts, before adapters or the self-supervised step change it
     teacher = None
     if cfg.replay_distill_weight > 0 and len(replay):
-        teacher = copy.deepcopy(model.encoder).to(device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        teacher = _frozen_copy(model.encoder).to(device)
         with torch.no_grad():
             teacher_protos = model.prompt_prototypes(known).to(device).float()
     state_path = out / STATE

@@ -10,8 +10,8 @@ from p3d_perception.config import ConfigError, from_dict
 from p3d_perception.model.config import EncoderConfig, GroupingConfig, ModelConfig
 from p3d_perception.model.encoder import PointViT
 from p3d_perception.model.factory import create_model
-from p3d_perception.model.grouping import (InputError, farthest_point_sample, normalize_clouds,
-                                           prepare_batch)
+from p3d_perception.model.grouping import (InputError, _fps_torch, farthest_point_sample,
+                                           normalize_clouds, prepare_batch)
 from p3d_perception.model.text_space import TEMPLATES, load_text_space
 
 TINY = {'grouping': {'num_points': 64, 'num_groups': 8, 'group_size': 8},
@@ -54,6 +54,18 @@ def test_fps_picks_distinct_spread_points():
     line = torch.linspace(-1, 1, 50)[None, :, None].repeat(1, 1, 3)
     first = farthest_point_sample(line, 2)[0].tolist()
     assert sorted(first) == [0, 49]
+
+
+def test_fps_numpy_path_picks_the_same_points_as_the_torch_loop():
+    # the CPU path is numpy for speed; training on a GPU runs the torch loop, and a
+    # model must see the same patches either way (ties included: rounded coordinates)
+    rng = np.random.default_rng(3)
+    for t in range(40):
+        xyz = rng.normal(size=(int(rng.integers(1, 12)), 256, 3)).astype(np.float32)
+        if t % 2:
+            xyz = np.round(xyz, 1)
+        tx = torch.from_numpy(xyz)
+        assert torch.equal(farthest_point_sample(tx, 24), _fps_torch(tx, 24))
 
 
 def test_prepare_batch_shapes_and_bad_input():
@@ -196,3 +208,19 @@ def test_openclip_missing_weights_say_what_to_do():
         load_text_space('openclip:p3d-tiny//nonexistent/weights.safetensors')
     with pytest.raises(ModelError, match='unknown text space'):
         load_text_space('word2vec')
+
+
+def test_patch_embed_equals_the_concatenated_local_global_layer():
+    # forward splits the [local, global] layer's weight so the pooled half is applied
+    # once per patch; it must be the PointNet it replaces, to float rounding
+    from p3d_perception.model.encoder import PatchEmbed
+    torch.manual_seed(0)
+    pe = PatchEmbed(6, 16, 24).eval()
+    x = torch.randn(3, 5, 7, 6)
+    with torch.no_grad():
+        f = pe.first(x)
+        g = f.max(dim=2, keepdim=True).values.expand_as(f)
+        ref = pe.second(torch.cat([f, g], dim=-1)).max(dim=2).values
+        out = pe(x)
+    assert out.shape == (3, 5, 24)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)

@@ -30,9 +30,15 @@ class PatchEmbed(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:   # (B, G, K, C) -> (B, G, W)
         f = self.first(patches)
-        g = f.max(dim=2, keepdim=True).values.expand_as(f)
-        f = self.second(torch.cat([f, g], dim=-1))
-        return f.max(dim=2).values
+        g = f.max(dim=2, keepdim=True).values
+        # the local+global layer reads [f, g] with g the same for all K points of a patch:
+        # W [f; g] = W_f f + W_g g, so W_g g is computed once per patch, not per point
+        # (half of this layer's work and no (B, G, K, 4 hidden) concatenation)
+        lin, c = self.second[0], f.shape[-1]
+        x = F.linear(f, lin.weight[:, :c]) + F.linear(g, lin.weight[:, c:], lin.bias)
+        for layer in self.second[1:]:
+            x = layer(x)
+        return x.max(dim=2).values
 
 
 class Attention(nn.Module):

@@ -252,6 +252,16 @@ def test_label_balance_evens_out_the_commonest_label():
     assert np.allclose([even[labels == k].sum() for k in (3, 1, 2)], 1 / 3)
 
 
+def test_checkpoint_choice_breaks_top1_ties_by_the_true_labels_probability():
+    from p3d_perception.training.finetune import better_checkpoint
+    assert better_checkpoint(0.80, 0.30, 0.78, 0.90)       # more right wins outright
+    assert not better_checkpoint(0.76, 0.99, 0.78, 0.10)   # fewer right never wins
+    assert better_checkpoint(0.78, 0.61, 0.78, 0.60)       # a tie goes to the surer model
+    assert not better_checkpoint(0.78, 0.60, 0.78, 0.60)   # an exact repeat is no gain
+    assert not better_checkpoint(float('nan'), float('nan'), -1.0, -1.0)
+    assert better_checkpoint(0.0, 0.05, -1.0, -1.0)        # the first evaluation counts
+
+
 def test_replay_distillation_keeps_known_views_near_the_start(make_tiny_model, dataset,
                                                               tmp_path):
     """The pull toward the starting model must show on the replay views it is applied to."""

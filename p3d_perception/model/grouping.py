@@ -125,7 +125,7 @@ def _fps_numpy(xyz: np.ndarray, num: int) -> np.ndarray:
     b, n, _ = xyz.shape
     planes = [np.ascontiguousarray(xyz[..., k]) for k in range(3)]
     idx = np.empty((b, num), np.int64)
-    dist = np.full((b, n), np.inf, np.float32)
+    dist = np.full((b, n), np.inf, xyz.dtype)    # the torch loop's dtype
     farthest = ((xyz - xyz.mean(axis=1, keepdims=True)) ** 2).sum(-1).argmax(-1)
     rows = np.arange(b)
     for i in range(num):

@@ -272,7 +272,10 @@ def test_replay_distillation_keeps_known_views_near_the_start(make_tiny_model, d
     tiny_model = make_tiny_model(tmp_path / 'known', vocabulary=CATEGORIES, prompt_labels=known,
                                  command='test_finetune distillation')
     start, _ = load_model(tiny_model)
-    kw = dict(steps=30, replay_fraction=0.5, replay_views_per_category=4, lr=1e-1,
+    # lr 0.1 collapses the tiny untrained encoder to one output for every view, which
+    # hides any drift; at 0.01 the plain run drifts 6-200x more than the distilled one
+    # (four model seeds measured: distilled / plain 0.004-0.17)
+    kw = dict(steps=30, replay_fraction=0.5, replay_views_per_category=4, lr=1e-2,
               example_cache=False)
     views = replay_views(known, _cfg(**kw))
     b = prepare_batch(list(views.points), [None] * len(views), start.cfg.grouping,
@@ -291,7 +294,7 @@ def test_replay_distillation_keeps_known_views_near_the_start(make_tiny_model, d
     finetune(tiny_model, dataset, None, tmp_path / 'distilled',
              _cfg(replay_distill_weight=1000.0, **kw))
     plain, distilled = drift(tmp_path / 'plain'), drift(tmp_path / 'distilled')
-    assert distilled < 0.7 * plain, (plain, distilled)
+    assert distilled < 0.5 * plain, (plain, distilled)
     logged = [r['distill'] for r in csv.DictReader((tmp_path / 'distilled' / LOG_CSV).open())]
     assert logged and all(float(v) >= 0 for v in logged)
     assert not any(r['distill'] for r in csv.DictReader((tmp_path / 'plain' / LOG_CSV).open()))

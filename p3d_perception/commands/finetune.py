@@ -65,8 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--steps', type=int, default=None, help='optimisation steps (upper bound)')
     p.add_argument('--ssl-steps', type=int, default=None,
                    help='self-supervised masked point modelling steps before labels '
-                        '(default 150; 0 = off, better when the robot\'s camera is the one '
-                        'the model was trained with)')
+                        '(default 0 = off; it was never better where measured, README)')
     p.add_argument('--max-clusters-per-label', type=int, default=None,
                    help='use at most this many labelled clusters per label')
     p.add_argument('--seed', type=int, default=None)

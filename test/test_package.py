@@ -82,7 +82,7 @@ ROS_PACKAGES = {'rclpy', 'std_msgs', 'sensor_msgs', 'geometry_msgs', 'visualizat
                 'rcl_interfaces', 'launch', 'launch_ros', 'ament_index_python', 'rviz2',
                 'ros2bag', 'rosbag2_storage_mcap', 'tf2_ros_py', 'sensor_msgs_py',
                 'ament_flake8', 'ament_pep257', 'p3d_perception_interfaces'}
-ROSDEP_KEYS = {'python3-numpy', 'python3-scipy', 'python3-yaml', 'python3-tqdm',
+ROSDEP_KEYS = {'python3-numpy', 'python3-scipy', 'python3-numba', 'python3-yaml', 'python3-tqdm',
                'python3-matplotlib', 'python3-pil', 'python3-pytest'}
 
 

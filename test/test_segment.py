@@ -406,6 +406,57 @@ def _roi(h, w, seed=0):
                                                      [0, 0, 1]])
 
 
+def _creases_by_definition(grid, valid, r, viewpoint, radius):
+    """The crease test spelled out pixel by pixel: windows of valid points, clipped."""
+    h, w = valid.shape
+
+    def mean(v, u, k):
+        win = valid[max(v - k, 0):v + k + 1, max(u - k, 0):u + k + 1]
+        pts = grid[max(v - k, 0):v + k + 1, max(u - k, 0):u + k + 1][win]
+        return pts.astype(np.float64).mean(axis=0) if len(pts) else np.full(3, np.nan), len(pts)
+
+    conc = np.full((h, w), np.nan)
+    normals = np.full((h, w, 3), np.nan)
+    for v in range(r, h - r):
+        for u in range(r, w - r):
+            small = mean(v, u, 1)[0]
+            n = np.cross(mean(v, u + r, 1)[0] - mean(v, u - r, 1)[0],
+                         mean(v + r, u, 1)[0] - mean(v - r, u, 1)[0])
+            n = n / np.linalg.norm(n)
+            if (np.asarray(viewpoint) - small) @ n < 0:
+                n = -n
+            normals[v, u] = n
+            big, count = mean(v, u, r)
+            if count > 0.5 * (2 * r + 1) ** 2:
+                conc[v, u] = (big - small) @ n / radius
+    return conc, normals
+
+
+def test_crease_kernel_computes_the_crease_test_as_defined():
+    # the compiled kernel must give what the definition says, holes and borders included
+    from p3d_perception.segmentation.grid import _creases
+    rng = np.random.default_rng(3)
+    h, w, r = 24, 30, 3
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
+    x, y = (u - w / 2) * 0.003, (v - h / 2) * 0.003
+    z = 0.85 - 0.4 * np.abs(x)                    # a valley along u = w/2, seen from above
+    grid = np.stack([x * z / 0.8, y * z / 0.8, z], axis=-1).astype(np.float32)
+    grid += rng.normal(0, 2e-4, grid.shape).astype(np.float32)
+    valid = rng.random((h, w)) > 0.15
+    valid[5:9, 20:26] = False                     # a patch of missing depth
+    grid[~valid] = np.nan
+    cfg = SegmentationConfig(crease_radius=0.012)
+    conc, normals = _creases(grid, valid, r, cfg)
+    want_c, want_n = _creases_by_definition(grid, valid, r, cfg.viewpoint, cfg.crease_radius)
+    assert conc.shape == (h, w) and normals.shape == (h, w, 3)
+    np.testing.assert_array_equal(np.isnan(conc), np.isnan(want_c))
+    np.testing.assert_allclose(conc, want_c, atol=1e-4, equal_nan=True)
+    np.testing.assert_allclose(normals, want_n, atol=1e-4, equal_nan=True)
+    # the valley is found: concave at its bottom, not on the flanks
+    assert np.nanmean(conc[:, w // 2 - 1:w // 2 + 1]) > cfg.crease_threshold
+    assert np.nanmean(conc[:, :w // 4]) < cfg.crease_threshold / 4
+
+
 @pytest.mark.parametrize('shape', [(1, 1), (2, 2), (5, 40), (9, 4), (40, 5), (3, 200)])
 def test_small_organised_clouds_segment_without_crashing(shape, make_tiny_model, tmp_path):
     # _shift built negative slices when the crease radius exceeded the grid side

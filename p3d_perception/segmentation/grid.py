@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import time
 
+import numba
 import numpy as np
 from scipy import ndimage
 
 from p3d_perception.segmentation.config import SegmentationConfig
-from p3d_perception.segmentation.geometry import _cross3, _dot3, _norm3
+from p3d_perception.segmentation.geometry import _dot3, _norm3
 
 
 #: pixels of context kept around the candidates' bounding box for the neighbourhood tests
@@ -333,20 +334,77 @@ def _creases(grid: np.ndarray, valid: np.ndarray, r_px: int,
     A pixel is concave when its neighbourhood mean lies on the open side of the
     surface: ``(mean - point) . normal / crease_radius``.
     """
-    masked = _masked(grid, valid)
-    big, cnt = _box_mean(grid, valid, r_px, masked)
-    small, _ = _box_mean(grid, valid, 1, masked)
-    dx = _shift(small, 0, r_px, np.nan) - _shift(small, 0, -r_px, np.nan)
-    dy = _shift(small, r_px, 0, np.nan) - _shift(small, -r_px, 0, np.nan)
-    n = _cross3(dx, dy)
-    with np.errstate(invalid='ignore', divide='ignore'):
-        # unit length, oriented toward the sensor, in one multiply
-        nt = n.transpose(2, 0, 1)
-        toward = _dot3(np.asarray(cfg.viewpoint, np.float32) - small, nt)
-        n *= (np.where(toward < 0, np.float32(-1), np.float32(1)) / _norm3(n))[..., None]
-        conc = _dot3(big - small, nt) / np.float32(cfg.crease_radius)
-        conc[~(cnt > 0.5 * (2 * r_px + 1) ** 2)] = np.nan
-        return conc, n
+    vx, vy, vz = (float(c) for c in cfg.viewpoint)
+    return _creases_kernel(np.ascontiguousarray(grid, dtype=np.float32),
+                           np.ascontiguousarray(valid), int(r_px), vx, vy, vz,
+                           1.0 / cfg.crease_radius, 0.5 * (2 * r_px + 1) ** 2)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _creases_kernel(grid, valid, r, vx, vy, vz, inv_radius, min_count):  # pragma: no cover
+    """The crease test in three passes over a summed-area table of the valid points.
+
+    In numpy it took about forty full-grid passes (two window means, four shifted
+    copies, cross products, norms), a quarter of the whole frame; compiled, every
+    window is four table reads. Per pixel (v, u), with ``small`` the 3x3 mean and
+    ``big`` the (2r+1)^2 mean of the valid points (windows clipped at the border):
+    the normal is ``(small[v, u+r] - small[v, u-r]) x (small[v+r, u] - small[v-r, u])``
+    turned toward the viewpoint (NaN within r of the border or beside an empty 3x3
+    window), and the concavity ``(big - small) . normal / crease_radius``, NaN where the
+    big window holds ``min_count`` valid points or fewer. Sums are float64, so the
+    table loses nothing over a frame.
+    """
+    h, w = valid.shape
+    sat = np.zeros((h + 1, w + 1, 4))
+    for v in range(h):
+        a0 = a1 = a2 = a3 = 0.0
+        for u in range(w):
+            if valid[v, u]:
+                a0 += grid[v, u, 0]
+                a1 += grid[v, u, 1]
+                a2 += grid[v, u, 2]
+                a3 += 1.0
+            sat[v + 1, u + 1, 0] = sat[v, u + 1, 0] + a0
+            sat[v + 1, u + 1, 1] = sat[v, u + 1, 1] + a1
+            sat[v + 1, u + 1, 2] = sat[v, u + 1, 2] + a2
+            sat[v + 1, u + 1, 3] = sat[v, u + 1, 3] + a3
+    small = np.empty((h, w, 3), dtype=np.float32)
+    for v in range(h):
+        v0, v1 = max(v - 1, 0), min(v + 2, h)
+        for u in range(w):
+            u0, u1 = max(u - 1, 0), min(u + 2, w)
+            c = sat[v1, u1, 3] - sat[v0, u1, 3] - sat[v1, u0, 3] + sat[v0, u0, 3]
+            for k in range(3):
+                t = sat[v1, u1, k] - sat[v0, u1, k] - sat[v1, u0, k] + sat[v0, u0, k]
+                small[v, u, k] = t / c if c > 0 else np.nan
+    conc = np.full((h, w), np.nan, dtype=np.float32)
+    normals = np.full((h, w, 3), np.nan, dtype=np.float32)
+    for v in range(r, h - r):
+        v0, v1 = max(v - r, 0), min(v + r + 1, h)
+        for u in range(r, w - r):
+            dx0 = small[v, u + r, 0] - small[v, u - r, 0]
+            dx1 = small[v, u + r, 1] - small[v, u - r, 1]
+            dx2 = small[v, u + r, 2] - small[v, u - r, 2]
+            dy0 = small[v + r, u, 0] - small[v - r, u, 0]
+            dy1 = small[v + r, u, 1] - small[v - r, u, 1]
+            dy2 = small[v + r, u, 2] - small[v - r, u, 2]
+            n0 = dx1 * dy2 - dx2 * dy1
+            n1 = dx2 * dy0 - dx0 * dy2
+            n2 = dx0 * dy1 - dx1 * dy0
+            s0, s1, s2 = small[v, u, 0], small[v, u, 1], small[v, u, 2]
+            f = 1.0 / np.sqrt(n0 * n0 + n1 * n1 + n2 * n2)
+            if (vx - s0) * n0 + (vy - s1) * n1 + (vz - s2) * n2 < 0:
+                f = -f
+            n0, n1, n2 = n0 * f, n1 * f, n2 * f
+            normals[v, u, 0], normals[v, u, 1], normals[v, u, 2] = n0, n1, n2
+            u0, u1 = max(u - r, 0), min(u + r + 1, w)
+            c = sat[v1, u1, 3] - sat[v0, u1, 3] - sat[v1, u0, 3] + sat[v0, u0, 3]
+            if c > min_count:
+                b0 = (sat[v1, u1, 0] - sat[v0, u1, 0] - sat[v1, u0, 0] + sat[v0, u0, 0]) / c
+                b1 = (sat[v1, u1, 1] - sat[v0, u1, 1] - sat[v1, u0, 1] + sat[v0, u0, 1]) / c
+                b2 = (sat[v1, u1, 2] - sat[v0, u1, 2] - sat[v1, u0, 2] + sat[v0, u0, 2]) / c
+                conc[v, u] = ((b0 - s0) * n0 + (b1 - s1) * n1 + (b2 - s2) * n2) * inv_radius
+    return conc, normals
 
 
 def _normal_turn(normals: np.ndarray, r_px: int, cos_max: float) -> np.ndarray:

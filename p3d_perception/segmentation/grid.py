@@ -340,6 +340,15 @@ def _creases(grid: np.ndarray, valid: np.ndarray, r_px: int,
                            1.0 / cfg.crease_radius, 0.5 * (2 * r_px + 1) ** 2)
 
 
+def compile_kernels() -> None:
+    """Compile (or load from numba's cache) the crease kernel now, on a tiny grid.
+
+    Otherwise the first frame pays for it: 0.5 s with the cache, 3-4 s without.
+    """
+    _creases_kernel(np.zeros((4, 4, 3), np.float32), np.ones((4, 4), bool), 1,
+                    0.0, 0.0, 0.0, 1.0, 1.0)
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _creases_kernel(grid, valid, r, vx, vy, vz, inv_radius, min_count):  # pragma: no cover
     """The crease test in three passes over a summed-area table of the valid points.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from p3d_perception.segmentation.geometry import _norm3, _unit
@@ -66,58 +67,122 @@ def project_single_view(points: np.ndarray, use: np.ndarray, viewpoint,
     if view.any():
         rel -= view
     q = rel @ rot.T
-    qz = q[:, 2]
-    front = qz > 1e-3
-    if front.mean() < 0.98:     # points all around the sensor: not one camera's view
+    n_front, lo_a, hi_a, lo_b, hi_b = _ray_extent(q)
+    if n_front < 0.98 * len(q):     # points all around the sensor: not one camera's view
         return None
-    if not front.all():
-        idx, q = idx[front], q[front]
-        qz = q[:, 2]
-    a = q[:, 0] / qz
-    b = q[:, 1] / qz
-    lo_a, hi_a, lo_b, hi_b = float(a.min()), float(a.max()), float(b.min()), float(b.max())
     span = max(hi_a - lo_a, hi_b - lo_b, 1e-6)
     cell = span / 64
-    ca = ((a - lo_a) * (1 / cell)).astype(np.int32)
-    cb = ((b - lo_b) * (1 / cell)).astype(np.int32)
-    occupied = int(np.count_nonzero(np.bincount(ca * 65 + cb, minlength=65 * 65)))
-    pitch = 1.1 * np.sqrt(occupied * cell * cell / idx.size)
+    occupied = _occupied_cells(q, np.float32(lo_a), np.float32(lo_b), np.float32(1 / cell))
+    pitch = 1.1 * np.sqrt(occupied * cell * cell / n_front)
     w = int((hi_a - lo_a) / pitch) + 1
     h = int((hi_b - lo_b) / pitch) + 1
     if h * w > max_pixels or h < 2 or w < 2:
         return None
-    u = ((a - lo_a) * (1 / pitch)).astype(np.int64)
-    v = ((b - lo_b) * (1 / pitch)).astype(np.int64)
-    if focus is not None:
-        fm = np.take(focus, idx)
-        fu, fv = np.compress(fm, u), np.compress(fm, v)
-        if fu.size:
-            m = CROP_MARGIN_PX + 2
-            u0, u1 = max(int(fu.min()) - m, 0), min(int(fu.max()) + m, w - 1)
-            v0, v1 = max(int(fv.min()) - m, 0), min(int(fv.max()) + m, h - 1)
-            inside = (u >= u0) & (u <= u1) & (v >= v0) & (v <= v1)
-            # np.compress: boolean indexing is several times slower on these
-            idx, q = np.compress(inside, idx), np.compress(inside, q, axis=0)
-            u, v = np.compress(inside, u) - u0, np.compress(inside, v) - v0
-            w, h = u1 - u0 + 1, v1 - v0 + 1
-    pix = v * w + u
-    slot = np.full(h * w, -1, dtype=np.int64)
-    slot[pix] = np.arange(idx.size)     # one of the points sharing a pixel shows it
-    shown = slot >= 0
-    safe = np.where(shown, slot, 0)
-    owner = np.where(shown, np.take(idx, safe), -1)
-    grid = np.take(q, safe, axis=0)
-    grid[~shown] = np.nan
-    pixel = np.full(len(points), -1, dtype=np.int64)
-    pixel[idx] = pix
+    grid, owner, pixel, h, w, n_in = _fill_grid(
+        q, idx, np.ones(len(points), bool) if focus is None else focus, len(points),
+        np.float32(lo_a), np.float32(lo_b), np.float32(1 / pitch), w, h,
+        -1 if focus is None else CROP_MARGIN_PX + 2)
     # one view fills its own image: a kept point's right or lower neighbour is
     # usually there; merged or thinned clouds are mostly holes or piles
+    shown = owner >= 0
     g = shown.reshape(h, w)
     inner = g[:-1, :-1]
     filled = (inner & (g[1:, :-1] | g[:-1, 1:])).sum() / max(inner.sum(), 1)
-    if filled < 0.8 or shown.sum() < 0.6 * idx.size:
+    if filled < 0.8 or shown.sum() < 0.6 * n_in:
         return None
     return GridView(grid.reshape(h, w, 3), owner, pixel, h, w)
+
+
+def compile_kernels() -> None:
+    """Compile (or load from numba's cache) the projection kernels now, on a few rays."""
+    q = np.array([[0.0, 0.0, 1.0], [0.1, 0.1, 1.0]], np.float32)
+    idx = np.arange(2)
+    _ray_extent(q)
+    _occupied_cells(q, np.float32(0), np.float32(0), np.float32(1))
+    _fill_grid(q, idx, np.ones(2, bool), 2, np.float32(0), np.float32(0), np.float32(1),
+               2, 2, 1)
+
+
+# The passes below were some thirty numpy passes over every point (14 ms of a 300k
+# frame); compiled, each is one loop. Arithmetic is float32 as numpy did it, so the
+# pixels are the same.
+
+@numba.njit(cache=True, nogil=True)
+def _ray_extent(q):  # pragma: no cover
+    """Points in front of the virtual camera, and the bounds of their image coordinates."""
+    n = 0
+    lo_a = lo_b = np.inf
+    hi_a = hi_b = -np.inf
+    for i in range(q.shape[0]):
+        z = q[i, 2]
+        if z > 1e-3:
+            n += 1
+            a, b = q[i, 0] / z, q[i, 1] / z
+            lo_a, hi_a = min(lo_a, a), max(hi_a, a)
+            lo_b, hi_b = min(lo_b, b), max(hi_b, b)
+    return n, float(lo_a), float(hi_a), float(lo_b), float(hi_b)
+
+
+@numba.njit(cache=True, nogil=True)
+def _occupied_cells(q, lo_a, lo_b, inv_cell):  # pragma: no cover
+    """How many cells of a 64x64 lattice over the image the points in front fall in."""
+    seen = np.zeros(65 * 65, dtype=np.bool_)
+    n = 0
+    for i in range(q.shape[0]):
+        z = q[i, 2]
+        if z > 1e-3:
+            k = int((q[i, 0] / z - lo_a) * inv_cell) * 65 + int((q[i, 1] / z - lo_b) * inv_cell)
+            if not seen[k]:
+                seen[k] = True
+                n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_grid(q, idx, focus, n_points, lo_a, lo_b, inv_pitch, w, h, margin):  # pragma: no cover
+    """The range image of the points in front: pixels, owners, and per-point pixels.
+
+    With ``margin`` >= 0 the image is cropped to the focus points' pixels plus that
+    margin. Of the points sharing a pixel the last one shows it.
+    """
+    m = q.shape[0]
+    u = np.empty(m, dtype=np.int32)     # -1: behind the camera
+    v = np.empty(m, dtype=np.int32)
+    fu0 = fv0 = 1 << 30
+    fu1 = fv1 = -1
+    for i in range(m):
+        z = q[i, 2]
+        if z > 1e-3:
+            ui = int((q[i, 0] / z - lo_a) * inv_pitch)
+            vi = int((q[i, 1] / z - lo_b) * inv_pitch)
+            u[i], v[i] = ui, vi
+            if margin >= 0 and focus[idx[i]]:
+                fu0, fu1 = min(fu0, ui), max(fu1, ui)
+                fv0, fv1 = min(fv0, vi), max(fv1, vi)
+        else:
+            u[i] = v[i] = -1
+    u0, v0, u1, v1 = 0, 0, w - 1, h - 1
+    if margin >= 0 and fu1 >= 0:
+        u0, u1 = max(fu0 - margin, 0), min(fu1 + margin, w - 1)
+        v0, v1 = max(fv0 - margin, 0), min(fv1 + margin, h - 1)
+    w, h = u1 - u0 + 1, v1 - v0 + 1
+    slot = np.full(h * w, -1, dtype=np.int64)
+    pixel = np.full(n_points, -1, dtype=np.int64)
+    n_in = 0
+    for i in range(m):
+        if u[i] >= u0 and u[i] <= u1 and v[i] >= v0 and v[i] <= v1:
+            pix = (v[i] - v0) * w + (u[i] - u0)
+            slot[pix] = i
+            pixel[idx[i]] = pix
+            n_in += 1
+    owner = np.full(h * w, -1, dtype=np.int64)
+    grid = np.full((h * w, 3), np.nan, dtype=np.float32)
+    for k in range(h * w):
+        i = slot[k]
+        if i >= 0:
+            owner[k] = idx[i]
+            grid[k, 0], grid[k, 1], grid[k, 2] = q[i, 0], q[i, 1], q[i, 2]
+    return grid, owner, pixel, h, w, n_in
 
 
 def labels_from_grid(view: GridView, grid_labels: np.ndarray, points: np.ndarray,

@@ -19,10 +19,12 @@ from p3d_perception.cloud import Cloud, CloudError
 from p3d_perception.segmentation.boxes import OrientedBox, oriented_box
 from p3d_perception.segmentation.config import SegmentationConfig
 from p3d_perception.segmentation.geometry import _label_groups, _mean_rows
-from p3d_perception.segmentation.grid import _organized_labels, _upsample_labels
+from p3d_perception.segmentation.grid import (
+    _organized_labels, _upsample_labels, compile_kernels)
 from p3d_perception.segmentation.merge import (
     _absorb_fragments, _merge_occluded, _merge_parts)
-from p3d_perception.segmentation.projection import labels_from_grid, project_single_view
+from p3d_perception.segmentation.projection import (
+    compile_kernels as compile_projection, labels_from_grid, project_single_view)
 from p3d_perception.segmentation.support import (
     _keep_above, _range_mask, find_support_planes, plane_sample)
 from p3d_perception.segmentation.voxels import _voxel_labels
@@ -58,6 +60,8 @@ class Segmenter:
     def __init__(self, config: SegmentationConfig | None = None) -> None:
         self.config = config or SegmentationConfig()
         self.config.validate()
+        compile_kernels()
+        compile_projection()
 
     def __call__(self, cloud: Cloud) -> Segmentation:
         if not isinstance(cloud, Cloud):

@@ -47,3 +47,31 @@ def test_two_views_merged_keep_the_voxel_path():
     view = project_single_view(np.vstack([pts + [0, 0, -1.0], pts + [0, 0, 1.0]]),
                                np.ones(2 * len(pts), bool), (0.0, 0.0, 0.0))
     assert view is None
+
+
+def test_virtual_image_bookkeeping_is_consistent(mosd_dir):
+    # every pixel's owner lies in that pixel, every projected point's pixel shows a
+    # point, and the crop to the focus points keeps all of them
+    cloud = read_pcd(mosd_dir / 'learn1.pcd')
+    perm = np.random.default_rng(1).permutation(len(cloud))
+    pts, valid = cloud.points[perm], cloud.valid[perm]
+    focus = valid & (np.arange(len(pts)) % 7 == 0) & (pts[:, 0] > np.nanmedian(pts[:, 0]))
+    for f in (None, focus):
+        view = project_single_view(pts, valid, (0.0, 0.0, 0.0), focus=f)
+        assert view is not None
+        owner, pixel = view.owner, view.pixel
+        shown = np.flatnonzero(owner >= 0)
+        assert len(shown) > 0.5 * (view.height * view.width)
+        np.testing.assert_array_equal(pixel[owner[shown]], shown)
+        projected = np.flatnonzero(pixel >= 0)
+        assert valid[projected].all() and (owner[pixel[projected]] >= 0).all()
+        grid = view.grid.reshape(-1, 3)
+        assert np.isfinite(grid[shown]).all() and np.isnan(grid[owner < 0]).all()
+        # the virtual camera keeps each owner's range from the sensor
+        np.testing.assert_allclose(np.linalg.norm(grid[shown], axis=1),
+                                   np.linalg.norm(pts[owner[shown]], axis=1), rtol=1e-5)
+        if f is None:
+            assert len(projected) == valid.sum()
+        else:
+            assert (pixel[np.flatnonzero(f)] >= 0).all()
+            assert len(projected) < valid.sum()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from p3d_perception.segmentation.geometry import _cross3, _plane_basis, _unit
+from p3d_perception.segmentation.geometry import _cross3, _outside_quad, _plane_basis, _unit
 
 
 @dataclass
@@ -19,23 +19,6 @@ class OrientedBox:
     center: np.ndarray
     extent: np.ndarray
     rotation: np.ndarray
-
-
-def _outside_quad(pts: np.ndarray) -> np.ndarray:
-    """The points not strictly inside the quadrilateral of the four axis extremes.
-
-    No point inside it can be a hull vertex (Akl-Toussaint), and on a cluster's
-    footprint it holds most points, so the hull is built on a few.
-    """
-    if len(pts) < 16:
-        return pts
-    quad = pts[[np.argmin(pts[:, 0]), np.argmin(pts[:, 1]), np.argmax(pts[:, 0]),
-                np.argmax(pts[:, 1])]]        # counter-clockwise: left, bottom, right, top
-    inside = np.ones(len(pts), dtype=bool)
-    for k in range(4):
-        a, b = quad[k], quad[(k + 1) % 4]
-        inside &= ((b[0] - a[0]) * (pts[:, 1] - a[1]) - (b[1] - a[1]) * (pts[:, 0] - a[0])) > 0
-    return pts[~inside]
 
 
 def _min_area_rect(uv: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

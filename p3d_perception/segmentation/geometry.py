@@ -45,6 +45,23 @@ def _mean_rows(p: np.ndarray) -> np.ndarray:
     return np.ones(len(p)) @ p / len(p)
 
 
+def _outside_quad(pts: np.ndarray) -> np.ndarray:
+    """The points not strictly inside the quadrilateral of the four axis extremes.
+
+    No point inside it can be a hull vertex (Akl-Toussaint), and on a cluster's
+    footprint it holds most points, so the hull is built on a few.
+    """
+    if len(pts) < 16:
+        return pts
+    quad = pts[[np.argmin(pts[:, 0]), np.argmin(pts[:, 1]), np.argmax(pts[:, 0]),
+                np.argmax(pts[:, 1])]]        # counter-clockwise: left, bottom, right, top
+    inside = np.ones(len(pts), dtype=bool)
+    for k in range(4):
+        a, b = quad[k], quad[(k + 1) % 4]
+        inside &= ((b[0] - a[0]) * (pts[:, 1] - a[1]) - (b[1] - a[1]) * (pts[:, 0] - a[0])) > 0
+    return pts[~inside]
+
+
 def _unit(v) -> np.ndarray:
     v = np.asarray(v, dtype=np.float64)
     return v / math.sqrt(float(v @ v))

@@ -14,7 +14,7 @@ import numpy as np
 
 from p3d_perception.segmentation.config import SegmentationConfig
 from p3d_perception.segmentation.geometry import (
-    _bounds, _label_groups, _mean_rows, _norm3, _plane_basis, _unit)
+    _bounds, _label_groups, _mean_rows, _norm3, _outside_quad, _plane_basis, _unit)
 
 
 #: widest gap (m) between the two sides of an object that one in front of it can explain
@@ -140,13 +140,14 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, groups: list[np.ndarray
                           b.points[b.heights >= top - rim]]) @ basis.T
         if len(ring) < 10:
             return False
+        outer = _outside_quad(ring)     # the hull is built on the few that can be on it
         try:
-            hull = ConvexHull(ring)
+            hull = ConvexHull(outer)
         except (QhullError, ValueError):
             return False
         # a rim rings an empty middle: rim points all around (11 of 16 sectors), none
         # near the centre
-        rel = ring - ring[hull.vertices].mean(axis=0)
+        rel = ring - outer[hull.vertices].mean(axis=0)
         radius = np.hypot(rel[:, 0], rel[:, 1])
         sectors = np.unique((np.arctan2(rel[:, 1], rel[:, 0]) / (np.pi / 8)).astype(int))
         if len(sectors) < 11 or radius.min() < 0.4 * np.median(radius):
@@ -181,15 +182,28 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, groups: list[np.ndarray
             return False
         return handle_shaped(j)
 
-    trees: dict[int, cKDTree] = {}
+    def near_box(p: np.ndarray, other: _Piece, link: float) -> np.ndarray:
+        """The rows of ``p`` within ``link`` of ``other``'s bounding box."""
+        lo, hi = other.lo - link, other.hi + link
+        m = (p[:, 0] >= lo[0]) & (p[:, 0] <= hi[0])
+        for k in (1, 2):
+            m &= (p[:, k] >= lo[k]) & (p[:, k] <= hi[k])
+        return p[m]
 
     def gap(i: int, j: int, link: float) -> float:
-        """Smallest distance between two pieces (on at most 1500 points each)."""
-        if j not in trees:
-            trees[j] = cKDTree(pieces[j].points[::max(1, len(pieces[j].points) // 1500)],
-                               balanced_tree=False, compact_nodes=False)
-        sub = pieces[i].points[::max(1, len(pieces[i].points) // 1500)]
-        return float(trees[j].query(sub, k=1, distance_upper_bound=link)[0].min())
+        """Smallest distance between two pieces, or inf when it is over ``link``.
+
+        On at most 1500 points each, and of those only the ones within ``link`` of the
+        other piece's box: no other can be that close, so the k-d tree and its queries
+        are built on those alone.
+        """
+        a, b = pieces[i], pieces[j]
+        sa = near_box(a.points[::max(1, len(a.points) // 1500)], b, link)
+        sb = near_box(b.points[::max(1, len(b.points) // 1500)], a, link)
+        if len(sa) == 0 or len(sb) == 0:
+            return float('inf')
+        tree = cKDTree(sb, balanced_tree=False, compact_nodes=False)
+        return float(tree.query(sa, k=1, distance_upper_bound=link)[0].min())
 
     handle_of: dict[int, tuple[float, int]] = {}   # handle -> (distance, nearest body)
     for i in range(len(pieces)):

@@ -45,6 +45,14 @@ def _mean_rows(p: np.ndarray) -> np.ndarray:
     return np.ones(len(p)) @ p / len(p)
 
 
+def _in_box(p: np.ndarray, lo, hi) -> np.ndarray:
+    """Mask of the (N, 3) rows inside the axis-aligned box [lo, hi], column by column."""
+    m = (p[:, 0] >= lo[0]) & (p[:, 0] <= hi[0])
+    for k in (1, 2):
+        m &= (p[:, k] >= lo[k]) & (p[:, k] <= hi[k])
+    return m
+
+
 def _outside_quad(pts: np.ndarray) -> np.ndarray:
     """The points not strictly inside the quadrilateral of the four axis extremes.
 

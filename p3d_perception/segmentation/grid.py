@@ -70,16 +70,13 @@ def _window_sum(a: np.ndarray, radius: int, axis: int) -> np.ndarray:
         width *= 2
 
 
-def _box_mean(grid: np.ndarray, valid: np.ndarray, radius: int,
-              masked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _box_mean(grid: np.ndarray, valid: np.ndarray,
+              radius: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean of valid points in a (2r+1)^2 window, and the window's valid count.
 
-    ``masked`` is the grid with invalid pixels zeroed, when the caller has it already
-    (both crease windows filter the same one). The window is separable: one pass per
-    axis on the interleaved xyz array.
+    The window is separable: one pass per axis on the interleaved array.
     """
-    if masked is None:
-        masked = _masked(grid, valid)
+    masked = _masked(grid, valid)
     cnt = _window_sum(_window_sum(valid.astype(np.float32), radius, 0), radius, 1)
     out = _window_sum(_window_sum(masked, radius, 0), radius, 1)
     with np.errstate(invalid='ignore', divide='ignore'):
@@ -355,8 +352,8 @@ def _creases_kernel(grid, valid, r, vx, vy, vz, inv_radius, min_count):  # pragm
 
     In numpy it took about forty full-grid passes (two window means, four shifted
     copies, cross products, norms), a quarter of the whole frame; compiled, every
-    window is four table reads. Per pixel (v, u), with ``small`` the 3x3 mean and
-    ``big`` the (2r+1)^2 mean of the valid points (windows clipped at the border):
+    window is four table reads. Per pixel (v, u), with ``small`` the 3x3 mean (clipped
+    at the border) and ``big`` the (2r+1)^2 mean of the valid points:
     the normal is ``(small[v, u+r] - small[v, u-r]) x (small[v+r, u] - small[v-r, u])``
     turned toward the viewpoint (NaN within r of the border or beside an empty 3x3
     window), and the concavity ``(big - small) . normal / crease_radius``, NaN where the
@@ -388,8 +385,8 @@ def _creases_kernel(grid, valid, r, vx, vy, vz, inv_radius, min_count):  # pragm
                 small[v, u, k] = t / c if c > 0 else np.nan
     conc = np.full((h, w), np.nan, dtype=np.float32)
     normals = np.full((h, w, 3), np.nan, dtype=np.float32)
-    for v in range(r, h - r):
-        v0, v1 = max(v - r, 0), min(v + r + 1, h)
+    for v in range(r, h - r):       # the normal needs r pixels on every side
+        v0, v1 = v - r, v + r + 1
         for u in range(r, w - r):
             dx0 = small[v, u + r, 0] - small[v, u - r, 0]
             dx1 = small[v, u + r, 1] - small[v, u - r, 1]
@@ -406,7 +403,7 @@ def _creases_kernel(grid, valid, r, vx, vy, vz, inv_radius, min_count):  # pragm
                 f = -f
             n0, n1, n2 = n0 * f, n1 * f, n2 * f
             normals[v, u, 0], normals[v, u, 1], normals[v, u, 2] = n0, n1, n2
-            u0, u1 = max(u - r, 0), min(u + r + 1, w)
+            u0, u1 = u - r, u + r + 1
             c = sat[v1, u1, 3] - sat[v0, u1, 3] - sat[v1, u0, 3] + sat[v0, u0, 3]
             if c > min_count:
                 b0 = (sat[v1, u1, 0] - sat[v0, u1, 0] - sat[v1, u0, 0] + sat[v0, u0, 0]) / c

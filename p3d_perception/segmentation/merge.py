@@ -14,7 +14,7 @@ import numpy as np
 
 from p3d_perception.segmentation.config import SegmentationConfig
 from p3d_perception.segmentation.geometry import (
-    _bounds, _label_groups, _mean_rows, _norm3, _outside_quad, _plane_basis, _unit)
+    _bounds, _in_box, _label_groups, _mean_rows, _norm3, _outside_quad, _plane_basis, _unit)
 
 
 #: widest gap (m) between the two sides of an object that one in front of it can explain
@@ -184,11 +184,7 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, groups: list[np.ndarray
 
     def near_box(p: np.ndarray, other: _Piece, link: float) -> np.ndarray:
         """The rows of ``p`` within ``link`` of ``other``'s bounding box."""
-        lo, hi = other.lo - link, other.hi + link
-        m = (p[:, 0] >= lo[0]) & (p[:, 0] <= hi[0])
-        for k in (1, 2):
-            m &= (p[:, k] >= lo[k]) & (p[:, k] <= hi[k])
-        return p[m]
+        return p[_in_box(p, other.lo - link, other.hi + link)]
 
     def gap(i: int, j: int, link: float) -> float:
         """Smallest distance between two pieces, or inf when it is over ``link``.
@@ -269,9 +265,7 @@ def _absorb_fragments(points: np.ndarray, labels: np.ndarray, keep: np.ndarray,
     lo, hi = _bounds(q)
     lo, hi = lo - 0.05, hi + 0.05
     bp = np.take(points, big_idx, axis=0)
-    near = (bp[:, 0] >= lo[0]) & (bp[:, 0] <= hi[0])
-    for k in (1, 2):
-        near &= (bp[:, k] >= lo[k]) & (bp[:, k] <= hi[k])
+    near = _in_box(bp, lo, hi)
     if not near.any():
         return lab
     big_idx, bp = big_idx[near], bp[near].astype(np.float64)

@@ -78,8 +78,9 @@ def project_single_view(points: np.ndarray, use: np.ndarray, viewpoint,
     h = int((hi_b - lo_b) / pitch) + 1
     if h * w > max_pixels or h < 2 or w < 2:
         return None
+    # without focus (margin -1) the kernel never reads the mask; ``use`` stands in
     grid, owner, pixel, h, w, n_in = _fill_grid(
-        q, idx, np.ones(len(points), bool) if focus is None else focus, len(points),
+        q, idx, use if focus is None else focus, len(points),
         np.float32(lo_a), np.float32(lo_b), np.float32(1 / pitch), w, h,
         -1 if focus is None else CROP_MARGIN_PX + 2)
     # one view fills its own image: a kept point's right or lower neighbour is

@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from p3d_perception.model.errors import ModelError
-from p3d_perception.model.grouping import InputError, prepare_batch
-from p3d_perception.runtime import BACKENDS, OnnxRuntime, TorchRuntime, resolve_device
+from p3d_perception.model.grouping import InputError, compile_kernels, prepare_batch
+from p3d_perception.runtime import (BACKENDS, PRECISIONS, OnnxRuntime, TorchRuntime,
+                                    resolve_device)
 
 __all__ = ['ModelError', 'InputError', 'Recognition', 'Recognizer']
 
@@ -115,6 +116,7 @@ class Recognizer:
         self._protos = torch.zeros(0, model.space.dim)
         self.set_vocabulary(list(vocabulary) if vocabulary is not None
                             else list(card.get('vocabulary') or []))
+        compile_kernels()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -122,23 +124,28 @@ class Recognizer:
                         text_space: str | None = None,
                         vocabulary: Sequence[str] | None = None,
                         onnx_path: str | Path | None = None,
-                        up: Sequence[float] | None = None) -> 'Recognizer':
+                        up: Sequence[float] | None = None,
+                        precision: str = 'auto') -> 'Recognizer':
         """Load a model directory.
 
         ``device`` auto|cpu|cuda (CUDA missing -> warning, CPU); ``backend`` torch |
         onnxruntime | tensorrt (ONNX Runtime with the TensorRT EP first). The ONNX graph
         is ``onnx_path``, else ``<model>/encoder.onnx``, else exported on the fly into
         the user's private cache (verified against its recorded sha256 on every load).
-        ``text_space`` must equal the checkpoint's or ModelError is raised.
+        ``text_space`` must equal the checkpoint's or ModelError is raised. ``precision``
+        (torch backend) auto: fp16 on CUDA, bf16 on CPUs with AMX, fp32 elsewhere; fp32.
         """
         from p3d_perception.model.checkpoint import load_model
         if backend not in BACKENDS:
             raise ModelError(f'unknown backend {backend!r}; use one of {BACKENDS}')
+        if precision not in PRECISIONS:
+            raise ModelError(f'unknown precision {precision!r}; use one of {PRECISIONS}')
         dev = resolve_device(device)
         model, card = load_model(path, text_space=text_space, device='cpu')
         runtime = None
         if backend == 'torch':
             model.to(dev)
+            runtime = TorchRuntime(model.encoder, dev, precision)
         else:
             from p3d_perception.model.checkpoint import resolve_model_dir
             model_dir = resolve_model_dir(path)
@@ -152,9 +159,14 @@ class Recognizer:
             runtime = OnnxRuntime(onnx, ep)
             dev = runtime.device
         LOG.info('recognizer: %s (%s, text space %s, %d labels)', card.get('name'),
-                 backend, card.get('text_space'), len(card.get('vocabulary') or []))
+                 runtime.name, card.get('text_space'), len(card.get('vocabulary') or []))
         return cls(model, card, device=dev, backend=backend, runtime=runtime,
                    vocabulary=vocabulary, up=up)
+
+    @property
+    def runtime_name(self) -> str:
+        """What runs the encoder, e.g. torch-cpu-bf16 or onnxruntime-cpu."""
+        return self._runtime.name
 
     # ------------------------------------------------------------------ vocabulary
     def set_up_vector(self, up: Sequence[float] | None) -> None:

@@ -88,6 +88,29 @@ def test_lora_starts_as_identity_trains_little_and_merges_exactly(make_tiny_mode
     assert not any('lora' in k for k in enc.state_dict())  # the original architecture
 
 
+def test_lora_on_the_patch_embedding_trains_and_merges(make_tiny_model):
+    # PatchEmbed applies its local+global layer as two slices of the weight, so an
+    # adapter there must reach the forward pass through the sliced weight as well
+    model = make_tiny_model(seed=2)
+    enc = model.encoder
+    x = (torch.randn(3, 16, 8, 6), torch.randn(3, 16, 3), torch.randn(3, 1))
+    ref = enc(*x).detach()
+    names = apply_lora(enc, LoRAConfig(rank=2, targets=('patch_embed.*',)))
+    assert 'patch_embed.second.0' in names
+    with torch.no_grad():
+        for k, p in enc.named_parameters():
+            if k.endswith('lora_b'):
+                p.normal_(0, 0.1)
+    out = enc(*x)
+    out.sum().backward()
+    lora_b = dict(enc.named_parameters())['patch_embed.second.0.lora_b']
+    assert lora_b.grad is not None and lora_b.grad.abs().sum() > 0
+    adapted = out.detach()
+    assert (adapted - ref).abs().max() > 1e-3
+    merge_lora(enc)
+    torch.testing.assert_close(enc(*x), adapted, atol=1e-5, rtol=1e-5)
+
+
 def test_bad_lora_targets_are_refused_with_the_layers_named(make_tiny_model):
     from p3d_perception.config import ConfigError
     model = make_tiny_model()

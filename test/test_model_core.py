@@ -56,8 +56,8 @@ def test_fps_picks_distinct_spread_points():
     assert sorted(first) == [0, 49]
 
 
-def test_fps_numpy_path_picks_the_same_points_as_the_torch_loop():
-    # the CPU path is numpy for speed; training on a GPU runs the torch loop, and a
+def test_fps_cpu_path_picks_the_same_points_as_the_torch_loop():
+    # the CPU path is a compiled loop for speed; training on a GPU runs the torch loop, and a
     # model must see the same patches either way (ties included: rounded coordinates)
     rng = np.random.default_rng(3)
     for t in range(40):

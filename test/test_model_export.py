@@ -24,7 +24,7 @@ from p3d_perception.model.checkpoint import save_model
 from p3d_perception.model.config import ModelConfig
 from p3d_perception.model.factory import create_model
 from p3d_perception.recognize import ModelError, Recognizer
-from p3d_perception.runtime import OnnxRuntime
+from p3d_perception.runtime import OnnxRuntime, cpu_has_native_bf16
 from p3d_perception.training.export import export_onnx
 
 TINY = {'grouping': {'num_points': 64, 'num_groups': 8, 'group_size': 8},
@@ -85,7 +85,7 @@ def test_export_parity_and_dynamic_batch(model_dir, tmp_path):
 
 def test_onnxruntime_backend_matches_torch(model_dir, tmp_path):
     clouds = _clouds()
-    rt = Recognizer.from_checkpoint(model_dir, device='cpu')
+    rt = Recognizer.from_checkpoint(model_dir, device='cpu', precision='fp32')
     export_onnx(model_dir, model_dir / 'encoder.onnx')
     ro = Recognizer.from_checkpoint(model_dir, device='cpu', backend='onnxruntime')
     assert ro.backend == 'onnxruntime' and ro.device == 'cpu'
@@ -96,6 +96,23 @@ def test_onnxruntime_backend_matches_torch(model_dir, tmp_path):
         OnnxRuntime(model_dir / 'encoder.onnx', 'quantum')
     with pytest.raises(ModelError, match='backend'):
         Recognizer.from_checkpoint(model_dir, backend='tflite')
+
+
+def test_precision_auto_uses_bf16_only_where_the_cpu_multiplies_it(model_dir):
+    clouds = _clouds()
+    full = Recognizer.from_checkpoint(model_dir, device='cpu', precision='fp32')
+    auto = Recognizer.from_checkpoint(model_dir, device='cpu')
+    assert full.runtime_name == 'torch-cpu'
+    e32, e_auto = full.embed(clouds), auto.embed(clouds)
+    if cpu_has_native_bf16():
+        assert auto.runtime_name == 'torch-cpu-bf16'
+        assert not np.array_equal(e32, e_auto)          # it did run in bf16
+        assert (e32 * e_auto).sum(-1).min() > 0.995     # and stayed where fp32 points
+    else:
+        assert auto.runtime_name == 'torch-cpu'
+        np.testing.assert_array_equal(e32, e_auto)
+    with pytest.raises(ModelError, match='precision'):
+        Recognizer.from_checkpoint(model_dir, device='cpu', precision='int4')
 
 
 def test_cache_location_is_the_user_cache_not_tmp(monkeypatch, tmp_path):
@@ -112,7 +129,7 @@ def test_cache_location_is_the_user_cache_not_tmp(monkeypatch, tmp_path):
 
 def test_cached_export_is_private_and_serves_the_backend(bare_dir, cache_home):
     clouds = _clouds()
-    rt = Recognizer.from_checkpoint(bare_dir, device='cpu')
+    rt = Recognizer.from_checkpoint(bare_dir, device='cpu', precision='fp32')
     ro = Recognizer.from_checkpoint(bare_dir, device='cpu', backend='onnxruntime')
     np.testing.assert_allclose(ro.embed(clouds), rt.embed(clouds), atol=1e-4)
     cache = cache_home / 'p3d_perception' / 'onnx'
@@ -146,7 +163,7 @@ def test_tampered_cache_entry_is_replaced_not_loaded(bare_dir, cache_home, tmp_p
     other = create_model(from_dict(ModelConfig, TINY))
     mexport.export_encoder(other, tmp_path / 'evil.onnx')
     onnx.write_bytes((tmp_path / 'evil.onnx').read_bytes())
-    rt = Recognizer.from_checkpoint(bare_dir, device='cpu')
+    rt = Recognizer.from_checkpoint(bare_dir, device='cpu', precision='fp32')
     with caplog.at_level(logging.WARNING, logger='p3d_perception.model.export'):
         ro = Recognizer.from_checkpoint(bare_dir, device='cpu', backend='onnxruntime')
     assert 'does not match its recorded sha256' in caplog.text
@@ -166,7 +183,7 @@ def test_changed_weights_or_settings_change_the_key(bare_dir, cache_home):
     cache = cache_home / 'p3d_perception' / 'onnx'
     first, _ = _entry(cache)
     _save(bare_dir, 2)                                    # retrained in place
-    rt = Recognizer.from_checkpoint(bare_dir, device='cpu')
+    rt = Recognizer.from_checkpoint(bare_dir, device='cpu', precision='fp32')
     ro = Recognizer.from_checkpoint(bare_dir, device='cpu', backend='onnxruntime')
     np.testing.assert_allclose(ro.embed(clouds), rt.embed(clouds), atol=1e-4)
     entries = sorted(cache.glob('encoder_*.onnx'))
@@ -197,7 +214,7 @@ def test_writable_cache_dir_is_wiped_and_made_private(bare_dir, cache_home, leve
     weak = cache if level == 'onnx' else cache.parent
     os.chmod(weak, 0o777)
     clouds = _clouds()
-    rt = Recognizer.from_checkpoint(bare_dir, device='cpu')
+    rt = Recognizer.from_checkpoint(bare_dir, device='cpu', precision='fp32')
     ro = Recognizer.from_checkpoint(bare_dir, device='cpu', backend='onnxruntime')
     np.testing.assert_allclose(ro.embed(clouds), rt.embed(clouds), atol=1e-4)
     assert stat.S_IMODE(weak.stat().st_mode) == 0o700

@@ -52,6 +52,16 @@ def _time(fn, calls: int) -> list[float]:
     return out
 
 
+def _torch_figures(rec, batch, pts, cols, args) -> dict:
+    t_enc = _time(lambda: rec._runtime(batch.patches, batch.centers, batch.scale), args.calls)
+    t_all = _time(lambda: rec.embed(pts, cols), args.calls)
+    med = float(np.median(t_all))
+    return {'runtime': rec.runtime_name,
+            'encoder_ms_per_call': round(1e3 * float(np.median(t_enc)), 2),
+            'end_to_end_ms_per_call': round(1e3 * med, 2),
+            'clusters_per_s_incl_grouping': round(args.batch / med, 1)}
+
+
 def run(args: argparse.Namespace) -> dict:
     from p3d_perception.model.export import check_parity, export_encoder
     from p3d_perception.model.grouping import prepare_batch
@@ -61,7 +71,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.model is None:
         from p3d_perception.resources import default_model_path
         args.model = str(default_model_path())
-    rec = Recognizer.from_checkpoint(args.model, device='cpu')
+    rec = Recognizer.from_checkpoint(args.model, device='cpu', precision='fp32')
     g = rec.model.cfg.grouping
     pts, cols = _clusters(args.batch)
     n_in = [len(p) for p in pts]
@@ -73,19 +83,23 @@ def run(args: argparse.Namespace) -> dict:
                   'num_groups': g.num_groups, 'group_size': g.group_size,
                   'with_color': True},
         'torch_threads': torch.get_num_threads(),
+        'goal_clusters_per_s': 500,
     }
     t_group = _time(lambda: prepare_batch(pts, cols, g, np.random.default_rng(0)), args.calls)
     batch = prepare_batch(pts, cols, g, np.random.default_rng(0))
-    t_enc = _time(lambda: rec._runtime(batch.patches, batch.centers, batch.scale), args.calls)
-    t_all = _time(lambda: rec.embed(pts, cols), args.calls)
-    med = float(np.median(t_all))
-    res['torch_cpu'] = {
-        'grouping_ms_per_call': round(1e3 * float(np.median(t_group)), 2),
-        'encoder_ms_per_call': round(1e3 * float(np.median(t_enc)), 2),
-        'end_to_end_ms_per_call': round(1e3 * med, 2),
-        'clusters_per_s_incl_grouping': round(args.batch / med, 1),
-        'goal_clusters_per_s': 200,
-    }
+    res['grouping_ms_per_call'] = round(1e3 * float(np.median(t_group)), 2)
+    res['torch_cpu'] = _torch_figures(rec, batch, pts, cols, args)
+    auto = Recognizer.from_checkpoint(args.model, device='cpu')
+    res['precision_auto'] = auto.runtime_name
+    if auto.runtime_name != rec.runtime_name:
+        # what the node runs by default on this CPU, and how far it is from fp32
+        res['torch_cpu_auto'] = _torch_figures(auto, batch, pts, cols, args)
+        e32, e_auto = rec.embed(pts, cols), auto.embed(pts, cols)
+        same = (rec.label_logits(torch.from_numpy(e32)).argmax(-1)
+                == auto.label_logits(torch.from_numpy(e_auto)).argmax(-1))
+        res['torch_cpu_auto']['vs_fp32'] = {
+            'min_cosine': round(float((e32 * e_auto).sum(-1).min()), 6),
+            'same_top1_label_share': round(float(same.float().mean()), 4)}
     if not args.no_onnx:
         with tempfile.TemporaryDirectory() as tmp:
             path = export_encoder(rec.model, Path(tmp) / 'encoder.onnx')

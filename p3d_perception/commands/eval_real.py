@@ -18,6 +18,7 @@ def _run(args: argparse.Namespace) -> int:
     config = args.config or str(share_dir() / 'config' / 'eval' / 'real_kinect.yaml')
     report = evaluate_real(model, args.dirs, config=config, out_dir=args.out,
                            modes=args.modes, colour=not args.no_colour, device=args.device,
+                           precision=args.precision,
                            scenes=args.scenes, pipeline_config=args.params,
                            progress=not args.quiet)
     b = report['baselines']
@@ -60,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help='pipeline parameters YAML for --modes pipeline (PipelineConfig keys)')
     p.add_argument('--no-colour', action='store_true', help='xyz only')
     p.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='cpu')
+    p.add_argument('--precision', choices=('auto', 'fp32'), default='auto',
+                   help='auto: bf16 products on CPUs with AMX, fp16 on CUDA (as the node)')
     p.add_argument('--out', default='benchmarks/results/eval_real',
                    help='report folder (JSON and confusion PNGs)')
     p.add_argument('--quiet', action='store_true', help='no progress bars')

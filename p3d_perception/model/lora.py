@@ -28,7 +28,8 @@ class LoRAConfig:
 
     rank: int = 4
     alpha: float = 8.0
-    #: glob patterns over the encoder's module names (PointViT: blocks.0.attn.qkv, ...)
+    #: glob patterns over the encoder's module names (PointViT: blocks.0.attn.qkv, ...,
+    #: patch_embed.first.0 / .3 and patch_embed.second.0 / .3 for the per-point layers)
     targets: tuple[str, ...] = ('blocks.*.attn.qkv', 'blocks.*.attn.proj',
                                 'blocks.*.mlp.0', 'blocks.*.mlp.3', 'head.1')
 
@@ -58,6 +59,15 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scale
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The adapted weight, for a caller that applies slices of it (PatchEmbed)."""
+        return self.base.weight + (self.lora_b @ self.lora_a) * self.scale
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
 
     def merged(self) -> nn.Linear:
         """The plain linear layer with the update folded in."""

@@ -70,10 +70,11 @@ _EMPTY_ARRAY_INPUTS = (Parameter.Type.BYTE_ARRAY, Parameter.Type.BOOL_ARRAY,
                        Parameter.Type.INTEGER_ARRAY, Parameter.Type.DOUBLE_ARRAY,
                        Parameter.Type.STRING_ARRAY, Parameter.Type.STRING)
 #: parameters whose change needs the model reloaded
-_MODEL_PARAMS = ('model_path', 'text_space', 'device', 'backend')
+_MODEL_PARAMS = ('model_path', 'text_space', 'device', 'backend', 'precision')
 _CHOICES = {'input_type': ('pointcloud', 'depth'),
             'input_qos': ('sensor_data', 'reliable'),
-            'device': ('auto', 'cuda', 'cpu'), 'backend': ('torch', 'onnxruntime')}
+            'device': ('auto', 'cuda', 'cpu'), 'backend': ('torch', 'onnxruntime'),
+            'precision': ('auto', 'fp32')}
 
 
 class StartupError(RuntimeError):
@@ -220,8 +221,8 @@ class PerceptionBase:
     def _ready_line(self, source: str) -> str:
         rec = self.pipeline.recognizer
         return (f'ready: {source} -> {self.resolve_topic_name("p3d/detections")}; model '
-                f'{self._model_path(self._params)} ({rec.text_space}, {rec.device}, '
-                f'{self._params["backend"]}), {len(rec.vocabulary)} labels; '
+                f'{self._model_path(self._params)} ({rec.text_space}, {rec.runtime_name}), '
+                f'{len(rec.vocabulary)} labels; '
                 f'service {self.resolve_service_name("query_object")}')
 
     # ----------------------------------------------------------------- input
@@ -487,7 +488,7 @@ class PerceptionBase:
                          ) -> Recognizer:
         recognizer = Recognizer.from_checkpoint(
             self._model_path(values), device=values['device'], backend=values['backend'],
-            text_space=values['text_space'] or None)
+            text_space=values['text_space'] or None, precision=values['precision'])
         if values['device'] == 'cuda' and recognizer.device != 'cuda':
             self.get_logger().warning('CUDA requested but not available: running on CPU')
         if values['descriptions_file']:

@@ -187,6 +187,9 @@ def _node_specs() -> list[ParamSpec]:
              constraints='one of: auto, cuda, cpu'),
         spec('backend', 'torch', _T.PARAMETER_STRING, "'torch' or 'onnxruntime'",
              constraints='one of: torch, onnxruntime'),
+        spec('precision', 'auto', _T.PARAMETER_STRING,
+             "torch backend: 'auto' (fp16 on CUDA, bf16 on CPUs with AMX, else fp32) or "
+             "'fp32'", constraints='one of: auto, fp32'),
         spec('vocabulary', [], _T.PARAMETER_STRING_ARRAY,
              'Labels to recognise; empty = the model\'s own vocabulary. Any words work '
              '(open vocabulary); changes apply at once'),

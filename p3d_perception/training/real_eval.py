@@ -348,7 +348,8 @@ def query_figures(scenes: Sequence[RealScene], embeddings: Sequence[np.ndarray],
 
 def evaluate_real(model_dir: str | Path, dirs: Sequence[str | Path], *,
                   config: str | Path, out_dir: str | Path, modes: Sequence[str] = ('gt',),
-                  colour: bool = True, device: str = 'cpu', scenes: Iterable[str] | None = None,
+                  colour: bool = True, device: str = 'cpu', precision: str = 'auto',
+                  scenes: Iterable[str] | None = None,
                   pipeline_config: str | Path | None = None, progress: bool = True) -> dict:
     """Score ``model_dir`` on labelled real scans; write JSON and confusion PNGs."""
     from tqdm import tqdm
@@ -358,7 +359,8 @@ def evaluate_real(model_dir: str | Path, dirs: Sequence[str | Path], *,
     data, skipped = load_scenes(dirs, cfg, scenes)
     objects = [o for s in data for o in s.objects]
     classes = sorted({o.name for o in objects})
-    rec = Recognizer.from_checkpoint(model_dir, device=device, vocabulary=cfg.vocabulary)
+    rec = Recognizer.from_checkpoint(model_dir, device=device, vocabulary=cfg.vocabulary,
+                                     precision=precision)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels = list(rec.vocabulary)
@@ -374,7 +376,7 @@ def evaluate_real(model_dir: str | Path, dirs: Sequence[str | Path], *,
         'model': str(model_dir), 'data': [str(d) for d in dirs], 'config': str(config),
         'scenes': len(data), 'objects': len(objects), 'skipped': skipped,
         'classes': {c: names.count(c) for c in classes}, 'vocabulary': labels,
-        'colour': colour,
+        'colour': colour, 'runtime': rec.runtime_name,
         'baselines': {
             'majority': {'label': majority_label, 'top1': majority_top1},
             'shape_nearest_mean_loso': {'top1': round(shape_right, 4),

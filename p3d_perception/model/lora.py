@@ -29,7 +29,8 @@ class LoRAConfig:
     rank: int = 4
     alpha: float = 8.0
     #: glob patterns over the encoder's module names (PointViT: blocks.0.attn.qkv, ...,
-    #: patch_embed.first.0 / .3 and patch_embed.second.0 / .3 for the per-point layers)
+    #: patch_embed.first.0 / .3, patch_embed.second.0 / .3 and pos_embed.0 / .2 for the
+    #: per-point and centre layers)
     targets: tuple[str, ...] = ('blocks.*.attn.qkv', 'blocks.*.attn.proj',
                                 'blocks.*.mlp.0', 'blocks.*.mlp.3', 'head.1')
 

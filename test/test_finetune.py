@@ -181,6 +181,28 @@ def test_two_process_gloo_run(tiny_model, dataset, tmp_path):
     load_model(out)
 
 
+def test_weight_ensemble_keeps_that_share_of_the_change(tiny_model, dataset, tmp_path):
+    """WiSE-FT: every weight the fine-tune changed ends up start + share * change."""
+    from p3d_perception.training.finetune import finetune
+    kw = dict(steps=10, example_cache=False)
+    finetune(tiny_model, dataset, None, tmp_path / 'full', _cfg(**kw))
+    finetune(tiny_model, dataset, None, tmp_path / 'half', _cfg(weight_ensemble=0.5, **kw))
+    models = [load_model(d)[0] for d in (tiny_model, tmp_path / 'full', tmp_path / 'half')]
+    start, full, half = (m.state_dict() for m in models)
+    changed = [k for k in start if not torch.equal(start[k], full[k])]
+    assert any(k.startswith('encoder.blocks') for k in changed), changed
+    for k in changed:
+        torch.testing.assert_close(half[k], start[k] + 0.5 * (full[k] - start[k]),
+                                   rtol=1e-4, atol=1e-6, msg=k)
+    # the new labels' prototypes have no start: both runs keep the trained ones
+    protos = [m.label_prototypes for m in models[1:]]
+    assert protos[0] and protos[0].keys() == protos[1].keys()
+    for c in protos[0]:
+        torch.testing.assert_close(protos[0][c], protos[1][c], msg=c)
+    ft = read_card(tmp_path / 'half')['training']['finetunes'][-1]
+    assert ft['config']['weight_ensemble'] == 0.5
+
+
 def test_the_documented_config_is_the_defaults():
     """config/train/finetune.yaml lists every setting; it must not drift from the code."""
     from p3d_perception.config import load, to_dict

@@ -161,6 +161,26 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, groups: list[np.ndarray
                 return True
         return False
 
+    def inside_footprint(a: _Piece, b: _Piece) -> bool:
+        """Whether ``b`` lies within ``a``'s footprint, lower than its rim.
+
+        That is an inside whose rim the image border or an occluder cut, so that no ring
+        shows for ``seen_through_opening``. Seen from above, a container's floor lies
+        inside its wall's outline. An object beside it does not, one standing in it or
+        on it rises above its rim, and two objects side by side have outlines that do not
+        hold each other.
+        """
+        if h_view <= a.top + rim or b.top > a.top - rim:
+            return False
+        outer = _outside_quad(a.points[::max(1, len(a.points) // 2000)] @ basis.T)
+        try:
+            hull = ConvexHull(outer)
+        except (QhullError, ValueError):
+            return False
+        q = b.points[::max(1, len(b.points) // 500)] @ basis.T
+        inside = (q @ hull.equations[:, :2].T + hull.equations[:, 2] <= -rim).all(axis=1)
+        return bool(inside.mean() >= 0.9)
+
     slab: dict[int, bool] = {}
 
     def handle_shaped(j: int) -> bool:
@@ -217,7 +237,7 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, groups: list[np.ndarray
             if dist > link:
                 continue
             if stage == 'containers':
-                if seen_through_opening(a, b):
+                if seen_through_opening(a, b) or inside_footprint(a, b):
                     parent[root(j)] = root(i)
             elif dist < handle_of.get(j, (np.inf, -1))[0]:
                 handle_of[j] = (dist, i)

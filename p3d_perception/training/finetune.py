@@ -151,6 +151,13 @@ class FinetuneConfig:
     #: 4 points lower) and still vetoes the real run's 81-point loss
     cache_guard_views_per_category: int = 8
     cache_max_known_drop: float = 0.05
+    #: WiSE-FT (Wortsman et al., CVPR 2022): the saved weights are the starting ones
+    #: plus this share of what the fine-tune changed (encoder and prompt context; a new
+    #: label's prototype has no starting value and is kept). 1 keeps the adapted model
+    #: as trained. Fine-tuning on few scans pulls the whole model toward them; part of
+    #: the way keeps what the starting model knew about everything else (see
+    #: finetune_real.yaml for what it measured)
+    weight_ensemble: float = 1.0
     seed: int = 0
     device: str = 'auto'
     num_threads: int = 0
@@ -158,6 +165,8 @@ class FinetuneConfig:
     def validate(self) -> None:
         self.lora.validate()
         self.ssl.validate()
+        if not 0.0 < self.weight_ensemble <= 1.0:
+            raise ConfigError('weight_ensemble must be in (0, 1]')
         self.augment.validate()
         if self.steps < 1 or self.batch_size < 2:
             raise ConfigError('steps must be >= 1 and batch_size >= 2')
@@ -520,6 +529,26 @@ def _build_cache(model: P3DModel, train: ClusterSet, val: ClusterSet, classes: l
             'known_guard': known}
 
 
+def _start_weights(model: P3DModel) -> dict[str, torch.Tensor]:
+    """What the fine-tune may change (encoder, prompt context), before it does."""
+    return {k: v.detach().clone().cpu() for k, v in model.state_dict().items()
+            if (k.startswith('encoder.') or k == 'prompt.ctx') and v.is_floating_point()}
+
+
+@torch.no_grad()
+def _weight_ensemble(model: P3DModel, start: dict[str, torch.Tensor], share: float) -> None:
+    """Move every changed weight back toward its start: start + share * (now - start).
+
+    Runs after the adapters are merged, so the interpolation is of whole weights, and
+    before the example cache is built, so its keys come from the encoder that is saved.
+    """
+    state = model.state_dict()
+    for k, w0 in start.items():
+        w = state.get(k)
+        if w is not None and w.shape == w0.shape:
+            w.copy_(w0.to(w.device, w.dtype).lerp(w, share))
+
+
 def _frozen_copy(module: nn.Module) -> nn.Module:
     """A teacher: the module as it is now, in eval mode, with no gradient."""
     teacher = copy.deepcopy(module).eval()
@@ -662,6 +691,7 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path | None,
 
     log = FinetuneLog(out / LOG_CSV, append=resume) if rank == 0 else None
     ssl_info = None
+    start = _start_weights(model) if cfg.weight_ensemble < 1.0 else None
     # the model as it starts, before adapters or the self-supervised step change it
     teacher = None
     if cfg.replay_distill_weight > 0 and len(replay):
@@ -793,6 +823,8 @@ def finetune(model_dir: str | Path, dataset_dir: str | Path | None,
     model.label_prototypes = {c: F.normalize(trainable.protos[i].detach().float().cpu(), dim=-1)
                               for i, c in enumerate(learned)}
     merge_lora(model.encoder)
+    if start is not None:
+        _weight_ensemble(model, start, cfg.weight_ensemble)
     model.eval()
     cache_info = None
     if cfg.example_cache:

@@ -19,6 +19,10 @@ from p3d_perception.segmentation.geometry import (
 
 #: widest gap (m) between the two sides of an object that one in front of it can explain
 MAX_OCCLUDER = 0.25
+#: an upper piece's foot: its points this far (m) above its lowest
+FOOT_HEIGHT = 0.02
+#: a foot narrower than this share of its piece's width cannot hold the piece up
+NARROW_FOOT = 0.3
 
 
 class _Piece(NamedTuple):
@@ -84,7 +88,8 @@ def _merge_parts(points: np.ndarray, labels: np.ndarray, groups: list[np.ndarray
     for the next step.
     """
     labels, groups, kept = _merge_stage(points, labels, groups, plane, cfg, 'containers', {})
-    return _merge_stage(points, labels, groups, plane, cfg, 'handles', kept)
+    labels, groups, kept = _merge_stage(points, labels, groups, plane, cfg, 'handles', kept)
+    return _merge_stage(points, labels, groups, plane, cfg, 'feet', kept)
 
 
 def _merge_stage(points: np.ndarray, labels: np.ndarray, groups: list[np.ndarray],
@@ -181,6 +186,34 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, groups: list[np.ndarray
         inside = (q @ hull.equations[:, :2].T + hull.equations[:, 2] <= -rim).all(axis=1)
         return bool(inside.mean() >= 0.9)
 
+    lows: dict[int, float] = {}
+
+    def on_narrow_foot(base: int, part: int) -> bool:
+        """Whether ``part`` stands on ``base``'s top on a foot too narrow to stand on.
+
+        A lamp's pole on its base, a stem on its foot: cut at the concave crease where
+        they meet, the upper piece touches the lower one only with a foot a fraction of
+        its own width, which could not hold it up alone. An object put on another
+        stands on its own bottom, as wide as it is (a box, a mug, a bottle on a book),
+        and one behind another, its bottom hidden, does not reach down to its top.
+        """
+        a, b = pieces[base], pieces[part]
+        if part not in lows:
+            lows[part] = _percentile(b.heights, 1)
+        low = lows[part]
+        if abs(low - a.top) > rim or b.top < a.top + 4 * rim:
+            return False
+        foot = b.points[b.heights < low + FOOT_HEIGHT] @ basis.T
+        if len(foot) < 10 or _spread(foot) > NARROW_FOOT * _spread(b.points @ basis.T):
+            return False
+        outer = _outside_quad(a.points[::max(1, len(a.points) // 2000)] @ basis.T)
+        try:
+            hull = ConvexHull(outer)
+        except (QhullError, ValueError):
+            return False
+        centre = foot.mean(axis=0)
+        return bool((hull.equations[:, :2] @ centre + hull.equations[:, 2] <= -rim).all())
+
     slab: dict[int, bool] = {}
 
     def handle_shaped(j: int) -> bool:
@@ -225,11 +258,16 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, groups: list[np.ndarray
     for i in range(len(pieces)):
         for j in range(i + 1, len(pieces)):     # sorted by size: i is the larger
             a, b = pieces[i], pieces[j]
-            if abs(a.top - b.top) > rim and len(a.points) < 4 * len(b.points):
-                continue
             # the rim between the pieces is thin and often lost, hence a generous gap
             link = max(4 * rim, 2.0 * cfg.cluster_tolerance * float(np.linalg.norm(a.lo - view)))
             if (a.lo > b.hi + link).any() or (b.lo > a.hi + link).any():
+                continue
+            if stage == 'feet':
+                if ((on_narrow_foot(i, j) or on_narrow_foot(j, i))
+                        and gap(i, j, 4 * rim) <= 4 * rim):
+                    parent[root(j)] = root(i)
+                continue
+            if abs(a.top - b.top) > rim and len(a.points) < 4 * len(b.points):
                 continue
             if stage == 'handles' and not is_handle(j, a):
                 continue    # the shape test is cheap, the distance needs a k-d tree
@@ -249,6 +287,12 @@ def _merge_stage(points: np.ndarray, labels: np.ndarray, groups: list[np.ndarray
     unchanged = {int(labels[p.indices[0]]): p for i, p in enumerate(pieces)
                  if roots[i] == i and i not in joined}
     return out, groups, unchanged
+
+
+def _spread(uv: np.ndarray) -> float:
+    """Width of a footprint along its long axis: four standard deviations."""
+    c = uv - uv.mean(axis=0)
+    return 4.0 * float(np.sqrt(max(np.linalg.eigvalsh(c.T @ c / len(c))[-1], 0.0)))
 
 
 def _percentile(a: np.ndarray, q: float) -> float:
